@@ -1,0 +1,25 @@
+"""boto3 clients, created lazily once per container (client creation costs tens of milliseconds)."""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+# Standard retry mode: exponential backoff with jitter on throttling and 5xx, bounded attempts.
+SECRETS_MANAGER_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=5,
+    retries={"mode": "standard", "max_attempts": 5},
+)
+
+
+@functools.cache
+def secrets_manager_client() -> SecretsManagerClient:
+    # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_SECRETS_MANAGER) points this at a local emulator: no special path.
+    return boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)

@@ -1,0 +1,86 @@
+"""TokenProvider: the consumers' view of the token secret, cached in memory until near expiry."""
+
+from __future__ import annotations
+
+import threading
+
+from .aws_clients import secrets_manager_client
+from .clock import Clock, system_clock
+from .errors import TokenUnavailableError
+from .secrets_manager import SecretsManagerSecret
+from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS, ConsumerSettings
+from .token import AccessToken
+from .token_store import TokenStore
+
+
+class TokenProvider:
+    """Thread-safe, expiry-aware cache of the stored token.
+
+    Warm invocations are served from memory; concurrent callers on a cold or stale cache wait for one
+    GetSecretValue (single flight) instead of each reading the secret.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        *,
+        clock: Clock = system_clock,
+        expiry_skew_seconds: int = DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._skew = expiry_skew_seconds
+        self._lock = threading.Lock()
+        self._cached: AccessToken | None = None
+
+    @classmethod
+    def from_env(cls) -> TokenProvider:
+        """The container's shared provider for the settings in the environment (read now, not at import)."""
+        return shared_provider(ConsumerSettings.from_env())
+
+    def get(self) -> AccessToken:
+        cached = self._cached
+        if cached is not None and cached.is_usable(self._clock(), skew_seconds=self._skew):
+            return cached
+        with self._lock:
+            # Another thread may have loaded it while this one waited for the lock.
+            cached = self._cached
+            now = self._clock()
+            if cached is not None and cached.is_usable(now, skew_seconds=self._skew):
+                return cached
+            stored = self._store.load()
+            if stored.token is None:
+                raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.problem}")
+            if not stored.token.is_usable(now, skew_seconds=self._skew):
+                raise TokenUnavailableError(
+                    f"stored token {stored.token.fingerprint} expired or expires within {self._skew} s"
+                )
+            self._cached = stored.token
+            return stored.token
+
+    def invalidate(self, token: AccessToken | str) -> bool:
+        """Forget `token` (after the API rejected it). Returns whether it was the cached one.
+
+        Only that exact token is dropped, so a late report about an old token cannot evict a fresh one.
+        """
+        value = token.value if isinstance(token, AccessToken) else token
+        with self._lock:
+            if self._cached is not None and self._cached.value == value:
+                self._cached = None
+                return True
+            return False
+
+
+_providers: dict[ConsumerSettings, TokenProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def shared_provider(settings: ConsumerSettings) -> TokenProvider:
+    """One provider per settings per container, so the cache survives warm invocations."""
+    with _providers_lock:
+        provider = _providers.get(settings)
+        if provider is None:
+            store = TokenStore(SecretsManagerSecret(secrets_manager_client(), settings.token_secret_id))
+            provider = TokenProvider(store, expiry_skew_seconds=settings.token_expiry_skew_seconds)
+            _providers[settings] = provider
+        return provider

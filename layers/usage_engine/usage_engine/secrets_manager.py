@@ -1,0 +1,55 @@
+"""One Secrets Manager secret: read its current value, write a new version."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import SecretStoreError
+
+if TYPE_CHECKING:
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+
+class SecretsManagerSecret:
+    def __init__(self, client: SecretsManagerClient, secret_id: str) -> None:
+        self._client = client
+        self.secret_id = secret_id
+
+    def read(self) -> str | None:
+        """The AWSCURRENT string, or None while the secret has no value yet."""
+        try:
+            response = self._client.get_secret_value(SecretId=self.secret_id)
+        except ClientError as error:
+            code = _code(error)
+            # A secret created empty (as template.yaml does) answers ResourceNotFound until its first version.
+            if code == "ResourceNotFoundException":
+                return None
+            raise SecretStoreError("GetSecretValue", self.secret_id, code) from None
+        except BotoCoreError as error:
+            raise SecretStoreError("GetSecretValue", self.secret_id, type(error).__name__) from None
+        value = response.get("SecretString")
+        if value is None:
+            raise SecretStoreError("GetSecretValue", self.secret_id, "SecretBinaryNotSupported")
+        return value
+
+    def write(self, secret_string: str) -> str:
+        """Store a new version; it becomes AWSCURRENT atomically. Returns its version id."""
+        try:
+            response = self._client.put_secret_value(
+                SecretId=self.secret_id,
+                SecretString=secret_string,
+                # A fresh idempotency token per attempt: reusing one with a different value is an error.
+                ClientRequestToken=str(uuid.uuid4()),
+            )
+        except ClientError as error:
+            raise SecretStoreError("PutSecretValue", self.secret_id, _code(error)) from None
+        except BotoCoreError as error:
+            raise SecretStoreError("PutSecretValue", self.secret_id, type(error).__name__) from None
+        return response["VersionId"]
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))

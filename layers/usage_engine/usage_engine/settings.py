@@ -1,0 +1,106 @@
+"""Settings read from the environment at handler entry (never at import time)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_TOKEN_URL = "https://api.digitalroute.io/authentication/v1/oauth/token"
+DEFAULT_AUDIENCE = "https://api.digitalroute.io/"
+DEFAULT_API_URL = "https://api.digitalroute.io"
+# With the 5-minute schedule in template.yaml, 20 minutes leaves three retries before a token expires
+# while a one-hour token is still used for 40-45 minutes (see README, "Refresh schedule").
+DEFAULT_REFRESH_MARGIN_SECONDS = 1200
+DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS = 60
+
+
+def validate_url(url: str, *, variable: str) -> str:
+    """Accept https URLs anywhere, plain http only on loopback (local emulators and tests)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        raise ConfigurationError(variable, "is not an absolute URL with a host")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http" and _is_loopback(parts.hostname):
+        return url
+    raise ConfigurationError(variable, "must use https:// (http:// is accepted only for loopback hosts)")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(name, "is required but not set")
+    return value
+
+
+def _int_in_range(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(name, f"must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class RefresherSettings:
+    credentials_secret_id: str
+    token_secret_id: str
+    token_url: str = DEFAULT_TOKEN_URL
+    audience: str = DEFAULT_AUDIENCE
+    refresh_margin_seconds: int = DEFAULT_REFRESH_MARGIN_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RefresherSettings:
+        env = os.environ if env is None else env
+        token_url = env.get("USAGE_ENGINE_TOKEN_URL", "").strip() or DEFAULT_TOKEN_URL
+        audience = env.get("USAGE_ENGINE_AUDIENCE", "").strip() or DEFAULT_AUDIENCE
+        return cls(
+            credentials_secret_id=_required(env, "CREDENTIALS_SECRET_ID"),
+            token_secret_id=_required(env, "TOKEN_SECRET_ID"),
+            token_url=validate_url(token_url, variable="USAGE_ENGINE_TOKEN_URL"),
+            audience=validate_url(audience, variable="USAGE_ENGINE_AUDIENCE"),
+            # Below 5 minutes a single failed scheduled run could let the token expire.
+            refresh_margin_seconds=_int_in_range(
+                env, "REFRESH_MARGIN_SECONDS", DEFAULT_REFRESH_MARGIN_SECONDS, 300, 3300
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    token_secret_id: str
+    api_url: str = DEFAULT_API_URL
+    refresher_function: str | None = None
+    token_expiry_skew_seconds: int = DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsumerSettings:
+        env = os.environ if env is None else env
+        api_url = env.get("USAGE_ENGINE_API_URL", "").strip() or DEFAULT_API_URL
+        return cls(
+            token_secret_id=_required(env, "TOKEN_SECRET_ID"),
+            api_url=validate_url(api_url, variable="USAGE_ENGINE_API_URL").rstrip("/"),
+            refresher_function=env.get("TOKEN_REFRESHER_FUNCTION", "").strip() or None,
+            token_expiry_skew_seconds=_int_in_range(
+                env, "TOKEN_EXPIRY_SKEW_SECONDS", DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS, 0, 900
+            ),
+        )

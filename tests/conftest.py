@@ -1,0 +1,163 @@
+"""Shared fixtures: moto's server and the Usage Engine emulator on loopback, and a fresh "container"."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+
+from local.lambda_runtime import load_module
+from local.moto_server import MotoServer
+from local.usage_engine_emulator import UsageEngineEmulator
+from tests import leak_guard
+
+pytest_plugins = ["pytester"]
+
+CLIENT_ID = "test-client-id"
+CLIENT_SECRET = "test-client-secret-7d1f3e9a0b52"
+CREDENTIALS_SECRET = "usage-engine/credentials"
+TOKEN_SECRET = "usage-engine/token"
+
+leak_guard.forbid(CLIENT_SECRET)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[UsageEngineEmulator]:
+    # Rate limiting is tested on its own emulator; here many tests refresh in quick succession.
+    with UsageEngineEmulator(
+        clients={CLIENT_ID: CLIENT_SECRET}, rate_limit=False, on_token_issued=leak_guard.forbid
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def emulator(emulator_server: UsageEngineEmulator) -> Iterator[UsageEngineEmulator]:
+    emulator_server.reset()
+    yield emulator_server
+    emulator_server.reset()
+
+
+@pytest.fixture
+def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
+    """An empty AWS (moto) for this test, and a fresh Lambda container's module state."""
+    moto_server.reset()
+    for name, value in moto_server.environment().items():
+        monkeypatch.setenv(name, value)
+    _fresh_container()
+    return moto_server
+
+
+def _fresh_container() -> None:
+    # What a new Lambda container starts with: no cached clients, providers or sessions.
+    from usage_engine import aws_clients, provider, refresher
+
+    aws_clients.secrets_manager_client.cache_clear()
+    provider._providers.clear()
+    refresher._exchange = None
+
+
+@dataclass
+class Deployment:
+    """The two secrets as template.yaml creates them, and the environment the functions get."""
+
+    aws: MotoServer
+    emulator: UsageEngineEmulator
+
+    @property
+    def secrets(self) -> Any:
+        return boto3.client("secretsmanager")
+
+    def store_credentials(self, document: dict[str, Any] | str) -> None:
+        body = document if isinstance(document, str) else json.dumps(document)
+        self.secrets.put_secret_value(SecretId=CREDENTIALS_SECRET, SecretString=body)
+
+    def stored_token(self) -> dict[str, Any]:
+        return dict(json.loads(self.secrets.get_secret_value(SecretId=TOKEN_SECRET)["SecretString"]))
+
+    def token_versions(self) -> int:
+        versions = self.secrets.list_secret_version_ids(SecretId=TOKEN_SECRET)["Versions"]
+        return len(versions)
+
+    def write_token(self, document: dict[str, Any] | str) -> None:
+        body = document if isinstance(document, str) else json.dumps(document)
+        self.secrets.put_secret_value(SecretId=TOKEN_SECRET, SecretString=body)
+
+
+@pytest.fixture
+def deployment(aws: MotoServer, emulator: UsageEngineEmulator, monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    client = boto3.client("secretsmanager")
+    client.create_secret(Name=CREDENTIALS_SECRET, Description="Usage Engine client credentials")
+    client.create_secret(Name=TOKEN_SECRET, Description="Usage Engine access token")
+    env = {
+        "CREDENTIALS_SECRET_ID": CREDENTIALS_SECRET,
+        "TOKEN_SECRET_ID": TOKEN_SECRET,
+        "USAGE_ENGINE_TOKEN_URL": emulator.token_url,
+        "USAGE_ENGINE_AUDIENCE": emulator.audience,
+        "USAGE_ENGINE_API_URL": emulator.base_url,
+        "REFRESH_MARGIN_SECONDS": "1200",
+        "TOKEN_EXPIRY_SKEW_SECONDS": "60",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    deployment = Deployment(aws=aws, emulator=emulator)
+    deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    return deployment
+
+
+@dataclass
+class LambdaOutput:
+    """What one handler wrote to stdout: Powertools JSON log lines and EMF metric documents."""
+
+    lines: list[dict[str, Any]]
+
+    @property
+    def logs(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if "_aws" not in line]
+
+    def metric(self, name: str) -> float | None:
+        for line in self.lines:
+            if "_aws" in line and name in line:
+                value = line[name]
+                return float(value[-1] if isinstance(value, list) else value)
+        return None
+
+
+@pytest.fixture
+def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
+    """Read what the refresher handler printed; its Logger is pointed at this test's stdout."""
+
+    def read() -> LambdaOutput:
+        text = capsys.readouterr().out
+        # Re-emit so the leak guard and pytest's report see exactly what the function printed.
+        sys.stdout.write(text)
+        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        return LambdaOutput(lines)
+
+    module = load_module("token_refresher")
+    handler = module.logger.registered_handler
+    previous = handler.setStream(sys.stdout)
+    yield read
+    handler.setStream(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Belt and braces: no test may reach a real AWS endpoint, whatever it forgets to set.
+    if "AWS_ENDPOINT_URL" not in os.environ:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
