@@ -11,7 +11,7 @@ REGION ?= eu-west-1
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo test lint typecheck template-check pytest build build-all bench clean
+.PHONY: venv demo test lint typecheck template-check pytest build clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 	rm -rf $(VENV)
@@ -47,7 +47,7 @@ pytest: venv
 
 ## sam build for one architecture (ARCH=arm64|x86_64); the layer Makefile reads LAYER_ARCHITECTURE.
 build: venv
-	LAYER_ARCHITECTURE=$(ARCH) $(BIN)/sam build --parameter-overrides Architecture=$(ARCH)
+	PATH="$(CURDIR)/$(BIN):$$PATH" LAYER_ARCHITECTURE=$(ARCH) $(BIN)/sam build --parameter-overrides Architecture=$(ARCH)
 
 clean:
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

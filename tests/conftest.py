@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -137,20 +138,27 @@ class LambdaOutput:
 
 @pytest.fixture
 def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """Read what the refresher handler printed; its Logger is pointed at this test's stdout."""
+    """Read what the refresher handler printed: its JSON log lines and its EMF metric documents."""
+    module = load_module("token_refresher")
+    # The Logger's own handler holds whatever stdout existed when the module was imported, so a second
+    # handler with the same formatter copies every log line here.
+    buffer = io.StringIO()
+    copy = logging.StreamHandler(buffer)
+    copy.setFormatter(module.logger.registered_handler.formatter)
+    module.logger.addHandler(copy)
 
     def read() -> LambdaOutput:
-        text = capsys.readouterr().out
-        # Re-emit so the leak guard and pytest's report see exactly what the function printed.
-        sys.stdout.write(text)
+        text = capsys.readouterr().out + buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        # capsys took this text away from the leak guard's report scan, so it is scanned here.
+        leaks = leak_guard.find_leaks(text)
+        assert not leaks, f"secret values (sha256 prefixes {leaks}) in the function's output"
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         return LambdaOutput(lines)
 
-    module = load_module("token_refresher")
-    handler = module.logger.registered_handler
-    previous = handler.setStream(sys.stdout)
     yield read
-    handler.setStream(previous)
+    module.logger.removeHandler(copy)
 
 
 @pytest.fixture(autouse=True)

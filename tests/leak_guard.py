@@ -42,12 +42,16 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
-    places = [name for name, content in report.sections if find_leaks(content)]
+    # Sections accumulate over setup/call/teardown; each phase answers for its own.
+    own = [(name, content) for name, content in report.sections if name.endswith(f" {report.when}")]
+    places = [name for name, content in own if find_leaks(content)]
     if report.longrepr is not None and find_leaks(report.longreprtext):
         places.append("failure report")
     if not places:
         return
-    leaked = sorted({fp for name, content in report.sections for fp in find_leaks(content)})
+    leaked = sorted(
+        {fp for _, content in own for fp in find_leaks(content)} | set(find_leaks(report.longreprtext))
+    )
     report.outcome = "failed"
     report.longrepr = (
         f"SECRET LEAK: {len(leaked) or 'a'} secret value(s) (sha256 prefixes {', '.join(leaked) or 'n/a'}) "

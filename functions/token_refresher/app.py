@@ -14,7 +14,13 @@ from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from usage_engine import RefresherSettings, RefreshFailedError, RefreshRequest, TokenRefresher
+from usage_engine import (
+    RefresherSettings,
+    RefreshFailedError,
+    RefreshRequest,
+    TokenRefresher,
+    UsageEngineError,
+)
 
 logger = Logger(service="token-refresher")
 metrics = Metrics(namespace="UsageEngine", service="token-refresher")
@@ -25,21 +31,19 @@ tracer = Tracer(service="token-refresher")
 @tracer.capture_lambda_handler(capture_response=False)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    settings = RefresherSettings.from_env()
-    request = RefreshRequest.from_event(event)
     try:
+        settings = RefresherSettings.from_env()
+        request = RefreshRequest.from_event(event)
         outcome = TokenRefresher.from_settings(settings).run(request)
-    except RefreshFailedError as error:
+    except UsageEngineError as error:
+        # Configuration and request errors count as failed refreshes too: no token was made.
+        cause = error.cause if isinstance(error, RefreshFailedError) else error
         metrics.add_metric(name="TokenRefreshFailed", unit=MetricUnit.Count, value=1)
-        if error.stored_seconds_remaining is not None:
+        if isinstance(error, RefreshFailedError) and error.stored_seconds_remaining is not None:
             _record_seconds_remaining(error.stored_seconds_remaining)
         logger.error(
             "Token refresh failed",
-            extra={
-                "request_reason": request.reason,
-                "error_type": type(error.cause).__name__,
-                "error": str(error),
-            },
+            extra={"error_type": type(cause).__name__, "error": str(error)},
         )
         raise
     _record_seconds_remaining(outcome.seconds_remaining)

@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .clock import Clock, system_clock
@@ -203,6 +203,9 @@ def _describe(error: requests.exceptions.RequestException) -> str:
     # Exception texts can carry the URL; the form body (with the secret) is never part of them.
     # After the retry budget, requests wraps the last cause in MaxRetryError: report that cause.
     cause = getattr(error.args[0], "reason", None) if error.args else None
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError, so it is told apart first.
+    if isinstance(cause, NewConnectionError):
+        return "connection failed"
     if isinstance(error, requests.exceptions.ConnectTimeout) or isinstance(cause, ConnectTimeoutError):
         return "connect timeout"
     if isinstance(error, requests.exceptions.ReadTimeout) or isinstance(cause, ReadTimeoutError):

@@ -1,0 +1,134 @@
+"""Fixtures for the template tests: the SAM template as written, and the CloudFormation it becomes.
+
+The template is read with cfn-lint's YAML decoder (it understands the short-form tags such as !Ref) and
+transformed with the SAM translator, offline: a fixed Region instead of AWS credentials, and an empty
+managed-policy map (the template names no managed policy by name, so the map is never needed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from cfnlint.decode import cfn_yaml
+from samtranslator.parser.parser import Parser
+from samtranslator.translator.translator import Translator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+REGION = "eu-west-1"
+
+REFRESHER_ID = "TokenRefresherFunction"
+CREDENTIALS_SECRET_ID = "CredentialsSecret"
+TOKEN_SECRET_ID = "TokenSecret"
+
+
+def _plain(node: Any) -> Any:
+    """cfn-lint's node types (dict_node, str_node, ...) as plain JSON types."""
+    return json.loads(json.dumps(node))
+
+
+def _as_packaged(sam_template: dict[str, Any]) -> dict[str, Any]:
+    """Local code paths replaced by S3 locations, as `sam package` does before the transform runs."""
+    packaged = copy.deepcopy(sam_template)
+    for resource in packaged.get("Resources", {}).values():
+        properties = resource.get("Properties", {})
+        for key in ("CodeUri", "ContentUri"):
+            if isinstance(properties.get(key), str):
+                properties[key] = f"s3://example-artifacts/{properties[key]}"
+    return packaged
+
+
+@pytest.fixture(scope="session")
+def sam_template() -> dict[str, Any]:
+    """template.yaml as written (SAM resources, Globals, Parameters)."""
+    return _plain(cfn_yaml.load(str(TEMPLATE_PATH)))
+
+
+@pytest.fixture(scope="session")
+def cfn_template(sam_template: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation template that the SAM transform produces from template.yaml."""
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
+    transformed = translator.translate(
+        _as_packaged(sam_template), parameter_values={}, get_managed_policy_map=lambda: {}
+    )
+    return _plain(transformed)
+
+
+@pytest.fixture(scope="session")
+def cfn_resources(cfn_template: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return cfn_template["Resources"]
+
+
+@pytest.fixture(scope="session")
+def refresher(cfn_resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    resource = cfn_resources[REFRESHER_ID]
+    assert resource["Type"] == "AWS::Lambda::Function"
+    return resource
+
+
+@pytest.fixture(scope="session")
+def refresher_role_id(refresher: dict[str, Any]) -> str:
+    role = refresher["Properties"]["Role"]
+    assert set(role) == {"Fn::GetAtt"}, f"the refresher's role must be declared in the template: {role}"
+    return str(role["Fn::GetAtt"][0])
+
+
+@pytest.fixture(scope="session")
+def refresher_schedule(cfn_resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The single EventBridge Scheduler schedule that targets the refresher."""
+    schedules = [
+        resource
+        for resource in cfn_resources.values()
+        if resource["Type"] == "AWS::Scheduler::Schedule"
+        and resource["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": [REFRESHER_ID, "Arn"]}
+    ]
+    assert len(schedules) == 1, f"expected one schedule for the refresher, found {len(schedules)}"
+    return schedules[0]
+
+
+def resources_of_type(resources: dict[str, dict[str, Any]], *types: str) -> dict[str, dict[str, Any]]:
+    return {logical_id: r for logical_id, r in resources.items() if r["Type"] in types}
+
+
+def policy_documents(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The permission policy documents of an IAM role or policy (not the trust policy)."""
+    properties = resource["Properties"]
+    if resource["Type"] == "AWS::IAM::Role":
+        for policy in properties.get("Policies", []):
+            yield policy["PolicyDocument"]
+    else:  # AWS::IAM::Policy, AWS::IAM::ManagedPolicy, AWS::IAM::RolePolicy
+        yield properties["PolicyDocument"]
+
+
+def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    found = document["Statement"]
+    return found if isinstance(found, list) else [found]
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def references(node: Any, logical_id: str) -> bool:
+    """Whether node refers to logical_id by Ref, Fn::GetAtt or Fn::Sub, at any depth."""
+    if isinstance(node, dict):
+        if node.get("Ref") == logical_id:
+            return True
+        get_att = node.get("Fn::GetAtt")
+        if isinstance(get_att, list) and get_att and get_att[0] == logical_id:
+            return True
+        if isinstance(get_att, str) and get_att.split(".")[0] == logical_id:
+            return True
+        return any(references(value, logical_id) for value in node.values())
+    if isinstance(node, list):
+        return any(references(item, logical_id) for item in node)
+    if isinstance(node, str):
+        return re.search(r"\$\{" + re.escape(logical_id) + r"[.}]", node) is not None
+    return False

@@ -1,0 +1,285 @@
+"""Checks of template.yaml and of the CloudFormation that the SAM transform makes of it (see conftest.py).
+
+The IAM split is the point of the bundle: only the token refresher may read the client credentials.
+The schedule checks pin the arithmetic behind the defaults (see the comments at the top of the template).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.template.conftest import (
+    CREDENTIALS_SECRET_ID,
+    REFRESHER_ID,
+    REPO_ROOT,
+    TOKEN_SECRET_ID,
+    as_list,
+    policy_documents,
+    references,
+    resources_of_type,
+    statements,
+)
+
+IAM_POLICY_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy")
+
+# What the refresher gets from AWS managed policies: logs (basic execution) and X-Ray (Tracing: Active).
+ALLOWED_REFRESHER_MANAGED_POLICIES = {
+    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
+    "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
+}
+
+# The refresher's environment: its DESIGN.md contract variables plus the Powertools ones.
+REFRESHER_ENV = {
+    "CREDENTIALS_SECRET_ID": {"Ref": CREDENTIALS_SECRET_ID},
+    "TOKEN_SECRET_ID": {"Ref": TOKEN_SECRET_ID},
+    "USAGE_ENGINE_TOKEN_URL": {"Ref": "UsageEngineTokenUrl"},
+    "USAGE_ENGINE_AUDIENCE": {"Ref": "UsageEngineAudience"},
+    "REFRESH_MARGIN_SECONDS": {"Ref": "RefreshMarginSeconds"},
+    "POWERTOOLS_SERVICE_NAME": "token-refresher",
+    "POWERTOOLS_METRICS_NAMESPACE": "UsageEngine",
+    "POWERTOOLS_LOGGER_LOG_EVENT": "false",
+    "LOG_LEVEL": {"Ref": "LogLevel"},
+}
+
+# The refresher's retry budget towards the IdP (usage_engine.idp): attempts x (connect + read timeout),
+# plus the waits between attempts (exponential backoff up to ~8 s, Retry-After capped at 10 s).
+IDP_ATTEMPTS = 4
+IDP_CONNECT_TIMEOUT_S = 3.05
+IDP_READ_TIMEOUT_S = 10.0
+IDP_MAX_WAIT_S = 10.0
+
+TOKEN_LIFETIME_S = 3600
+MIN_ATTEMPTS_BEFORE_EXPIRY = 3
+MIN_TOKEN_AGE_AT_REFRESH_S = 40 * 60  # at most 1.5 IdP calls per hour
+
+RATE = re.compile(r"^rate\((?P<n>\d+) (?P<unit>minutes?|hours?)\)$")
+
+
+def rate_seconds(expression: str) -> int:
+    match = RATE.match(expression)
+    assert match, f"expected a rate(N minutes) default, got {expression!r}"
+    return int(match["n"]) * (3600 if match["unit"].startswith("hour") else 60)
+
+
+def parameter_default(sam_template: dict[str, Any], name: str) -> Any:
+    return sam_template["Parameters"][name]["Default"]
+
+
+def schedule_interval_s(sam_template: dict[str, Any]) -> int:
+    return rate_seconds(parameter_default(sam_template, "RefreshScheduleExpression"))
+
+
+def secret_grants(role: dict[str, Any]) -> set[tuple[str, str]]:
+    """(action, resource) pairs of every Secrets Manager permission in the role's inline policies."""
+    grants: set[tuple[str, str]] = set()
+    for document in policy_documents(role):
+        for statement in statements(document):
+            actions = [
+                a for a in as_list(statement.get("Action", [])) if a.lower().startswith("secretsmanager:")
+            ]
+            grants.update(
+                (action, json.dumps(resource, sort_keys=True))
+                for action in actions
+                for resource in as_list(statement.get("Resource", []))
+            )
+    return grants
+
+
+# --- IAM ------------------------------------------------------------------------------------------------
+
+
+def test_refresher_role_grants_exactly_the_secret_permissions_it_needs(cfn_resources, refresher_role_id):
+    role = cfn_resources[refresher_role_id]
+
+    credentials = json.dumps({"Ref": CREDENTIALS_SECRET_ID}, sort_keys=True)
+    token = json.dumps({"Ref": TOKEN_SECRET_ID}, sort_keys=True)
+    assert secret_grants(role) == {
+        ("secretsmanager:GetSecretValue", credentials),
+        ("secretsmanager:GetSecretValue", token),
+        ("secretsmanager:PutSecretValue", token),
+    }
+    for document in policy_documents(role):
+        for statement in statements(document):
+            assert statement["Effect"] == "Allow"
+            assert "NotAction" not in statement
+            assert "NotResource" not in statement
+    assert set(role["Properties"].get("ManagedPolicyArns", [])) <= ALLOWED_REFRESHER_MANAGED_POLICIES
+
+
+def test_no_wildcard_in_any_inline_policy_action_or_resource(cfn_resources):
+    def strings(node: Any) -> list[str]:
+        if isinstance(node, dict):
+            return [s for value in node.values() for s in strings(value)]
+        if isinstance(node, list):
+            return [s for item in node for s in strings(item)]
+        return [node] if isinstance(node, str) else []
+
+    checked = 0
+    for logical_id, resource in resources_of_type(cfn_resources, *IAM_POLICY_TYPES).items():
+        for document in policy_documents(resource):
+            for statement in statements(document):
+                assert "NotAction" not in statement, logical_id
+                assert "NotResource" not in statement, logical_id
+                for key in ("Action", "Resource"):
+                    for value in strings(statement.get(key, [])):
+                        assert "*" not in value, f"{logical_id}: {key} {value!r}"
+                checked += 1
+    assert checked > 0
+
+
+def test_only_the_refresher_can_reach_the_credentials_secret(cfn_resources, refresher_role_id):
+    for logical_id, resource in resources_of_type(cfn_resources, *IAM_POLICY_TYPES).items():
+        if logical_id != refresher_role_id:
+            assert not references(resource, CREDENTIALS_SECRET_ID), f"{logical_id} references the credentials"
+    for logical_id, resource in resources_of_type(cfn_resources, "AWS::Lambda::Function").items():
+        if logical_id != REFRESHER_ID:
+            assert not references(resource, CREDENTIALS_SECRET_ID), f"{logical_id} is given the credentials"
+    # Nor may a resource policy open the secret to other principals.
+    assert not resources_of_type(cfn_resources, "AWS::SecretsManager::ResourcePolicy")
+
+
+def test_secrets_are_created_without_a_value(cfn_resources):
+    for logical_id in (CREDENTIALS_SECRET_ID, TOKEN_SECRET_ID):
+        secret = cfn_resources[logical_id]
+        assert secret["Type"] == "AWS::SecretsManager::Secret"
+        assert not {"SecretString", "GenerateSecretString"} & set(secret["Properties"]), logical_id
+        assert secret["Properties"].get("Description"), logical_id
+
+
+# --- Functions ------------------------------------------------------------------------------------------
+
+
+def test_refresher_is_single_flight(refresher):
+    assert refresher["Properties"].get("ReservedConcurrentExecutions") == 1
+
+
+def test_every_function_runs_python_3_13(cfn_resources):
+    functions = resources_of_type(cfn_resources, "AWS::Lambda::Function")
+    assert REFRESHER_ID in functions
+    for logical_id, function in functions.items():
+        assert function["Properties"].get("Runtime") == "python3.13", logical_id
+
+
+def test_every_function_has_a_log_group_with_retention(cfn_resources):
+    log_groups = resources_of_type(cfn_resources, "AWS::Logs::LogGroup")
+    for logical_id, function in resources_of_type(cfn_resources, "AWS::Lambda::Function").items():
+        configured = function["Properties"].get("LoggingConfig", {}).get("LogGroup")
+        matching = [
+            group
+            for group_id, group in log_groups.items()
+            if group["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{logical_id}}}"}
+            or (configured is not None and references(configured, group_id))
+        ]
+        assert len(matching) == 1, f"{logical_id} needs exactly one log group of its own"
+        assert matching[0]["Properties"].get("RetentionInDays") == {"Ref": "LogRetentionDays"}, logical_id
+
+
+def test_refresher_timeout_exceeds_its_whole_retry_budget(refresher):
+    attempts = IDP_ATTEMPTS * (IDP_CONNECT_TIMEOUT_S + IDP_READ_TIMEOUT_S)
+    waits = (IDP_ATTEMPTS - 1) * IDP_MAX_WAIT_S
+    timeout = refresher["Properties"]["Timeout"]
+    assert timeout > attempts  # the figure from the brief: 4 x (3.05 + 10) s
+    assert timeout > attempts + waits + 10  # ... plus waits and a margin for the Secrets Manager calls
+    assert timeout <= 900
+
+
+def test_refresher_environment_is_exactly_the_contract(refresher):
+    assert refresher["Properties"]["Environment"]["Variables"] == REFRESHER_ENV
+
+
+def test_functions_and_layer_share_one_architecture_parameter(sam_template, cfn_resources):
+    layer = sam_template["Resources"]["UsageEngineLayer"]
+    assert layer["Properties"]["CompatibleArchitectures"] == [{"Ref": "Architecture"}]
+    assert layer["Properties"]["CompatibleRuntimes"] == ["python3.13"]
+    # sam build keys its cache on BuildArchitecture: without it an x86_64 build reuses cached arm64 wheels.
+    assert layer["Metadata"] == {"BuildMethod": "makefile", "BuildArchitecture": {"Ref": "Architecture"}}
+    for logical_id, function in resources_of_type(cfn_resources, "AWS::Lambda::Function").items():
+        assert function["Properties"]["Architectures"] == [{"Ref": "Architecture"}], logical_id
+        assert len(function["Properties"]["Layers"]) == 1, logical_id
+
+
+def test_makefile_builds_have_their_target(sam_template):
+    built = 0
+    for logical_id, resource in sam_template["Resources"].items():
+        if resource.get("Metadata", {}).get("BuildMethod") != "makefile":
+            continue
+        properties = resource["Properties"]
+        makefile = Path(REPO_ROOT, properties.get("CodeUri") or properties["ContentUri"], "Makefile")
+        assert re.search(rf"^build-{logical_id}:", makefile.read_text(), re.MULTILINE), makefile
+        built += 1
+    assert built >= 2
+
+
+# --- Schedule -------------------------------------------------------------------------------------------
+
+
+def test_schedule_uses_the_parameters(sam_template, refresher, refresher_schedule):
+    assert refresher_schedule["Properties"]["ScheduleExpression"] == {"Ref": "RefreshScheduleExpression"}
+    env = refresher["Properties"]["Environment"]["Variables"]
+    assert env["REFRESH_MARGIN_SECONDS"] == {"Ref": "RefreshMarginSeconds"}
+    margin = sam_template["Parameters"]["RefreshMarginSeconds"]
+    assert margin["MinValue"] <= parameter_default(sam_template, "RefreshMarginSeconds") <= margin["MaxValue"]
+
+
+def test_default_margin_leaves_three_attempts_before_expiry(sam_template):
+    interval = schedule_interval_s(sam_template)
+    margin = int(parameter_default(sam_template, "RefreshMarginSeconds"))
+    assert margin > MIN_ATTEMPTS_BEFORE_EXPIRY * interval
+
+
+def test_default_margin_keeps_idp_calls_at_most_one_and_a_half_per_hour(sam_template):
+    margin = int(parameter_default(sam_template, "RefreshMarginSeconds"))
+    assert TOKEN_LIFETIME_S - margin >= MIN_TOKEN_AGE_AT_REFRESH_S
+    assert TOKEN_LIFETIME_S / (TOKEN_LIFETIME_S - margin) <= 1.5
+
+
+def test_schedule_passes_the_scheduled_reason(refresher_schedule):
+    target = refresher_schedule["Properties"]["Target"]
+    assert json.loads(target["Input"]) == {"reason": "scheduled"}
+
+
+def test_schedule_retries_end_before_the_next_run(sam_template, cfn_resources, refresher_schedule):
+    interval = schedule_interval_s(sam_template)
+    target = refresher_schedule["Properties"]["Target"]
+    assert target["RetryPolicy"]["MaximumRetryAttempts"] == 2
+    assert target["RetryPolicy"]["MaximumEventAgeInSeconds"] < interval
+    dead_letter_arn = target["DeadLetterConfig"]["Arn"]
+    assert cfn_resources[dead_letter_arn["Fn::GetAtt"][0]]["Type"] == "AWS::SQS::Queue"
+    invoke_configs = [
+        config
+        for config in resources_of_type(cfn_resources, "AWS::Lambda::EventInvokeConfig").values()
+        if config["Properties"]["FunctionName"] == {"Ref": REFRESHER_ID}
+    ]
+    assert len(invoke_configs) == 1
+    assert invoke_configs[0]["Properties"]["MaximumEventAgeInSeconds"] < interval
+
+
+# --- Parameters and outputs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["UsageEngineTokenUrl", "UsageEngineAudience", "UsageEngineApiUrl"])
+def test_url_parameters_require_https(sam_template, name):
+    parameter = sam_template["Parameters"][name]
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert pattern.match(parameter["Default"])
+    assert not pattern.match(parameter["Default"].replace("https://", "http://", 1))
+
+
+def test_every_parameter_is_described(sam_template):
+    for name, parameter in sam_template["Parameters"].items():
+        assert parameter.get("Description"), name
+
+
+def test_outputs_name_what_operators_and_consumers_need(cfn_template):
+    assert {
+        "CredentialsSecretArn",
+        "TokenSecretArn",
+        "TokenRefresherFunctionName",
+        "TokenRefresherFunctionArn",
+        "UsageEngineLayerArn",
+    } <= set(cfn_template["Outputs"])
