@@ -1,0 +1,41 @@
+"""`make demo` tells the refresh -> skip -> refresh story, then a consumer call, and prints no secret."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from local import demo
+from tests.conftest import _fresh_container
+
+
+@pytest.fixture
+def isolated_environment() -> Iterator[None]:
+    saved = dict(os.environ)
+    _fresh_container()
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    _fresh_container()
+
+
+@pytest.mark.usefixtures("isolated_environment")
+def test_demo_story_and_no_secret_in_its_output() -> None:
+    out = io.StringIO()
+    report = demo.run(out)
+    text = out.getvalue()
+
+    assert report.leaks == []
+    assert len(report.issued_tokens) == 2
+    assert report.client_secret not in text
+    for token in report.issued_tokens:
+        assert token not in text
+    assert '"refreshed": true, "reason": "missing"' in text
+    assert '"refreshed": false, "reason": "fresh"' in text
+    assert '"refreshed": true, "reason": "expiring"' in text
+    assert "HTTP 200" in text
+    assert "refresh -> skip -> refresh: yes" in text
+    assert demo.main.__doc__ is None or "secret" not in demo.main.__doc__
