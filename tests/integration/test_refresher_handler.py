@@ -53,9 +53,7 @@ def assert_no_secret(value: Any, emulator: UsageEngineEmulator) -> None:
         assert token not in text
 
 
-def test_first_run_writes_the_token_secret_in_the_design_format(
-    deployment: Deployment, lambda_stdout: Read
-) -> None:
+def test_first_run_writes_the_token_secret_in_the_design_format(deployment: Deployment, lambda_stdout: Read) -> None:
     result = invoke(load_event("refresher-scheduled.json"))
 
     emulator = deployment.emulator
@@ -125,13 +123,25 @@ def test_many_reports_of_the_same_rejected_token_cause_one_idp_request(deploymen
     rejected = deployment.stored_token()["access_token"]
     event = load_event("refresher-rejected.json") | {"token_fingerprint": fingerprint(rejected)}
 
-    results = [invoke(event) for _ in range(5)]
+    # Five minutes later the API starts rejecting it (revoked): five consumers report it.
+    with time_machine.travel(time.time() + 300, tick=True):
+        results = [invoke(event) for _ in range(5)]
 
     assert [r["refreshed"] for r in results] == [True, False, False, False, False]
     assert results[0]["reason"] == "rejected"
     assert {r["reason"] for r in results[1:]} == {"rejected-token-already-replaced"}
     assert deployment.emulator.token_requests == 2
     assert deployment.stored_token()["access_token"] != rejected
+
+
+def test_a_token_rejected_right_after_issue_is_not_replaced_again(deployment: Deployment) -> None:
+    """The cooldown: if the API rejects brand-new tokens, the refresher must not hammer the IdP for it."""
+    invoke(load_event("refresher-scheduled.json"))
+    fresh = deployment.stored_token()["access_token"]
+    event = load_event("refresher-rejected.json") | {"token_fingerprint": fingerprint(fresh)}
+    results = [invoke(event) for _ in range(3)]
+    assert {(r["refreshed"], r["reason"]) for r in results} == {(False, "rejected-within-cooldown")}
+    assert deployment.emulator.token_requests == 1
 
 
 def test_expired_report_with_a_fresh_stored_token_does_not_call_the_idp(deployment: Deployment) -> None:
@@ -200,14 +210,10 @@ def expect_failure(
 
 
 @pytest.mark.usefixtures("fast_retries")
-def test_idp_down_throughout_retries_then_fails_leaving_the_token(
-    deployment: Deployment, lambda_stdout: Read
-) -> None:
+def test_idp_down_throughout_retries_then_fails_leaving_the_token(deployment: Deployment, lambda_stdout: Read) -> None:
     good = seed_good_token(deployment)
     deployment.emulator.fail_next_token_requests(10, 503)
-    error = expect_failure(
-        deployment, lambda_stdout, load_event("refresher-forced.json"), IdpUnavailableError
-    )
+    error = expect_failure(deployment, lambda_stdout, load_event("refresher-forced.json"), IdpUnavailableError)
     assert isinstance(error.cause, IdpUnavailableError)
     assert error.cause.status == 503
     assert error.cause.attempts == 4
@@ -269,9 +275,7 @@ def test_malformed_credentials_name_the_field_and_call_nobody(
     "fault",
     [
         lambda e: e.garble_next_token_responses(1),
-        lambda e: e.transform_next_token_responses(
-            1, lambda d: {k: v for k, v in d.items() if k != "expires_in"}
-        ),
+        lambda e: e.transform_next_token_responses(1, lambda d: {k: v for k, v in d.items() if k != "expires_in"}),
         lambda e: e.transform_next_token_responses(1, lambda d: d | {"token_type": "mac"}),
         lambda e: e.transform_next_token_responses(1, lambda d: d | {"expires_in": 0}),
         lambda e: e.transform_next_token_responses(1, lambda d: d | {"access_token": ""}),
@@ -293,9 +297,7 @@ def test_connection_refused_is_unavailable(
     deployment: Deployment, lambda_stdout: Read, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("USAGE_ENGINE_TOKEN_URL", "http://127.0.0.1:9/authentication/v1/oauth/token")
-    error = expect_failure(
-        deployment, lambda_stdout, load_event("refresher-scheduled.json"), IdpUnavailableError
-    )
+    error = expect_failure(deployment, lambda_stdout, load_event("refresher-scheduled.json"), IdpUnavailableError)
     assert "connection failed" in str(error)
 
 
@@ -304,9 +306,7 @@ def test_read_timeout_is_retried_then_unavailable(deployment: Deployment, lambda
         token_session(token_request_retry(max_retries=1, backoff_factor=0.01)), timeout=(1.0, 0.2)
     )
     deployment.emulator.set_token_delay(0.5)
-    error = expect_failure(
-        deployment, lambda_stdout, load_event("refresher-scheduled.json"), IdpUnavailableError
-    )
+    error = expect_failure(deployment, lambda_stdout, load_event("refresher-scheduled.json"), IdpUnavailableError)
     assert "read timeout" in str(error)
     assert deployment.emulator.token_requests == 2
 
@@ -314,15 +314,11 @@ def test_read_timeout_is_retried_then_unavailable(deployment: Deployment, lambda
 def test_credentials_secret_without_a_value(deployment: Deployment, lambda_stdout: Read) -> None:
     deployment.secrets.delete_secret(SecretId="usage-engine/credentials", ForceDeleteWithoutRecovery=True)
     deployment.secrets.create_secret(Name="usage-engine/credentials")
-    error = expect_failure(
-        deployment, lambda_stdout, load_event("refresher-scheduled.json"), CredentialsError
-    )
+    error = expect_failure(deployment, lambda_stdout, load_event("refresher-scheduled.json"), CredentialsError)
     assert "no value yet" in str(error)
 
 
-def test_missing_setting_is_a_configuration_error(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_setting_is_a_configuration_error(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_SECRET_ID")
     with pytest.raises(ConfigurationError, match="CREDENTIALS_SECRET_ID"):
         invoke({})

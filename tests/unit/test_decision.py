@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from usage_engine import AccessToken, RefreshRequest, RefreshRequestError, StoredToken, decide
+from usage_engine import AccessToken, Decision, RefreshRequest, RefreshRequestError, StoredToken, decide
 
 NOW = 1_800_000_000
 MARGIN = 1200
@@ -50,9 +50,7 @@ def test_rejected_token_that_is_still_stored_is_refreshed() -> None:
 def test_rejected_token_already_replaced_is_not_refreshed_again() -> None:
     old = stored(3000, value="old-token").fingerprint
     assert old is not None
-    decision = decide(
-        stored(3000, value="new-token"), RefreshRequest("rejected", old), now=NOW, margin_seconds=MARGIN
-    )
+    decision = decide(stored(3000, value="new-token"), RefreshRequest("rejected", old), now=NOW, margin_seconds=MARGIN)
     assert (decision.refresh, decision.reason) == (False, "rejected-token-already-replaced")
 
 
@@ -90,3 +88,14 @@ def test_refresh_request_from_event(event: object, expected: RefreshRequest) -> 
 def test_bad_events_are_typed_errors(event: object) -> None:
     with pytest.raises(RefreshRequestError):
         RefreshRequest.from_event(event)
+
+
+def test_rejected_cooldown() -> None:
+    young = StoredToken(AccessToken(value="young", expires_at=NOW + 3590, issued_at=NOW - 10))
+    request = RefreshRequest("rejected", young.fingerprint)
+    assert decide(young, request, now=NOW, margin_seconds=MARGIN, rejected_cooldown_seconds=60) == Decision(
+        False, "rejected-within-cooldown"
+    )
+    assert decide(young, request, now=NOW, margin_seconds=MARGIN, rejected_cooldown_seconds=5) == Decision(
+        True, "rejected"
+    )

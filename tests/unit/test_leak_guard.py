@@ -30,9 +30,7 @@ def test_clean():
 
 
 @pytest.mark.leaks_on_purpose
-def test_a_leaking_test_fails_and_is_redacted(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_leaking_test_fails_and_is_redacted(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     # A separate process: the leaking run must not register its secret in this run's guard.
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     pytester.makepyfile(test_leaky=LEAKING_TEST)

@@ -10,9 +10,7 @@ BASE = {"CREDENTIALS_SECRET_ID": "creds", "TOKEN_SECRET_ID": "token"}
 
 def test_refresher_defaults_are_the_eu_endpoints() -> None:
     settings = RefresherSettings.from_env(BASE)
-    assert (
-        settings.token_url == DEFAULT_TOKEN_URL == "https://api.digitalroute.io/authentication/v1/oauth/token"
-    )
+    assert settings.token_url == DEFAULT_TOKEN_URL == "https://api.digitalroute.io/authentication/v1/oauth/token"
     assert settings.audience == DEFAULT_AUDIENCE == "https://api.digitalroute.io/"
     assert settings.refresh_margin_seconds == 1200
 

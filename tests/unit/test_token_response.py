@@ -29,9 +29,7 @@ def test_expires_at_counts_from_when_the_request_was_sent() -> None:
 
 
 def test_token_type_is_case_insensitive() -> None:
-    token = parse_token_response(
-        json.dumps(GOOD | {"token_type": "bearer"}).encode(), sent_at=SENT_AT, audience="a"
-    )
+    token = parse_token_response(json.dumps(GOOD | {"token_type": "bearer"}).encode(), sent_at=SENT_AT, audience="a")
     assert token.token_type == "Bearer"
 
 

@@ -9,7 +9,9 @@ import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
 
 # Standard retry mode: exponential backoff with jitter on throttling and 5xx, bounded attempts.
 SECRETS_MANAGER_CONFIG = Config(
@@ -23,3 +25,24 @@ SECRETS_MANAGER_CONFIG = Config(
 def secrets_manager_client() -> SecretsManagerClient:
     # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_SECRETS_MANAGER) points this at a local emulator: no special path.
     return boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
+
+
+# The refresher may take a while (IdP retries); a consumer that stops waiting re-reads the secret instead.
+# One botocore retry only: a throttled invoke means "a refresh is running", which the caller handles.
+LAMBDA_CONFIG = Config(
+    connect_timeout=3,
+    read_timeout=25,
+    retries={"mode": "standard", "max_attempts": 2},
+)
+
+SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
+
+
+@functools.cache
+def lambda_client() -> LambdaClient:
+    return boto3.client("lambda", config=LAMBDA_CONFIG)
+
+
+@functools.cache
+def sqs_client() -> SQSClient:
+    return boto3.client("sqs", config=SQS_CONFIG)

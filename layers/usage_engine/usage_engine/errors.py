@@ -76,3 +76,35 @@ class RefreshRequestError(UsageEngineError):
 
 class TokenUnavailableError(UsageEngineError):
     """No valid access token could be obtained for a consumer."""
+
+
+class UsageEngineApiError(UsageEngineError):
+    """The Usage Engine API answered with an error status, or could not be reached (status None)."""
+
+    # 429 and server-side trouble pass; the request itself may be fine. Others need a changed request.
+    RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+    def __init__(self, method: str, path: str, status: int | None, reason: str) -> None:
+        where = f"HTTP {status}" if status is not None else "no HTTP response"
+        super().__init__(f"Usage Engine API {method} {path} failed ({where}): {reason}")
+        self.method = method
+        self.path = path
+        self.status = status
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status in self.RETRYABLE_STATUSES
+
+
+class AuthenticationError(UsageEngineApiError):
+    """The API rejected a token that was fresh from the refresher: no loop, an operator must look."""
+
+    @property
+    def retryable(self) -> bool:
+        # Not the request's fault: after credentials are fixed the same request succeeds.
+        return True
+
+
+class RefreshUnavailableError(TokenUnavailableError):
+    """The on-demand refresh could not be requested (refresher failing, not deployed, or not allowed)."""

@@ -6,16 +6,14 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 from .clock import Clock, system_clock
 from .credentials import ClientCredentials
 from .errors import IdpRejectedError, IdpUnavailableError, TokenResponseError
+from .retrying_http import attempts_of, bounded_retry, describe_failure, retrying_session
 from .token import AccessToken
 
 CONNECT_TIMEOUT_SECONDS = 3.05
@@ -30,46 +28,16 @@ _SAFE_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
 
 
-class CappedRetry(Retry):
-    """urllib3's Retry, with Retry-After capped so a server cannot park the Lambda until its timeout."""
-
-    MAX_RETRY_AFTER_SECONDS = 10.0
-
-    def get_retry_after(self, response: Any) -> float | None:
-        retry_after = super().get_retry_after(response)
-        if retry_after is None:
-            return None
-        return min(retry_after, self.MAX_RETRY_AFTER_SECONDS)
-
-
 def token_request_retry(max_retries: int = MAX_RETRIES, backoff_factor: float = 0.5) -> Retry:
-    """Bounded retries with exponential backoff and jitter on connection errors, timeouts, 429 and 5xx.
-
-    POST is retried on purpose: asking for another token has no side effect beyond the rate limit.
-    """
-    return CappedRetry(
-        total=max_retries,
-        connect=max_retries,
-        read=max_retries,
-        status=max_retries,
-        other=0,
-        redirect=0,
-        allowed_methods=frozenset({"POST"}),
-        status_forcelist=RETRY_STATUSES,
-        backoff_factor=backoff_factor,
-        backoff_jitter=backoff_factor,
-        backoff_max=8.0,
-        respect_retry_after_header=True,
-        raise_on_status=False,
+    """Retries on connection errors, timeouts, 429 and 5xx; POST is retried on purpose, since asking for
+    another token has no side effect beyond the rate limit."""
+    return bounded_retry(
+        max_retries=max_retries, methods={"POST"}, statuses=RETRY_STATUSES, backoff_factor=backoff_factor
     )
 
 
 def token_session(retry: Retry | None = None) -> requests.Session:
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry or token_request_retry(), pool_maxsize=1)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
+    return retrying_session(retry or token_request_retry(), pool_maxsize=1)
 
 
 @dataclass(frozen=True)
@@ -113,9 +81,9 @@ class ClientCredentialsExchange:
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as error:
-            raise IdpUnavailableError(_describe(error), attempts=self._max_attempts) from None
+            raise IdpUnavailableError(describe_failure(error), attempts=self._max_attempts) from None
         try:
-            attempts = _attempts(response)
+            attempts = attempts_of(response)
             body = _read_capped(response, attempts)
         finally:
             response.close()
@@ -178,15 +146,9 @@ def _read_capped(response: requests.Response, attempts: int) -> bytes:
             chunks.append(chunk)
     except requests.exceptions.RequestException as error:
         raise IdpUnavailableError(
-            f"reading the body failed: {_describe(error)}", status=response.status_code, attempts=attempts
+            f"reading the body failed: {describe_failure(error)}", status=response.status_code, attempts=attempts
         ) from None
     return b"".join(chunks)
-
-
-def _attempts(response: requests.Response) -> int:
-    retries = getattr(response.raw, "retries", None)
-    history = getattr(retries, "history", ())
-    return len(history) + 1
 
 
 def _error_code(body: bytes) -> str | None:
@@ -197,19 +159,3 @@ def _error_code(body: bytes) -> str | None:
         return None
     code = data.get("error") if isinstance(data, dict) else None
     return code if isinstance(code, str) and _SAFE_ERROR_CODE.match(code) else None
-
-
-def _describe(error: requests.exceptions.RequestException) -> str:
-    # Exception texts can carry the URL; the form body (with the secret) is never part of them.
-    # After the retry budget, requests wraps the last cause in MaxRetryError: report that cause.
-    cause = getattr(error.args[0], "reason", None) if error.args else None
-    # urllib3's NewConnectionError subclasses ConnectTimeoutError, so it is told apart first.
-    if isinstance(cause, NewConnectionError):
-        return "connection failed"
-    if isinstance(error, requests.exceptions.ConnectTimeout) or isinstance(cause, ConnectTimeoutError):
-        return "connect timeout"
-    if isinstance(error, requests.exceptions.ReadTimeout) or isinstance(cause, ReadTimeoutError):
-        return "read timeout"
-    if isinstance(error, requests.exceptions.ConnectionError):
-        return "connection failed"
-    return type(error).__name__

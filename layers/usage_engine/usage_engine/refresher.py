@@ -52,13 +52,24 @@ class Decision:
     reason: str
 
 
-def decide(stored: StoredToken, request: RefreshRequest, *, now: float, margin_seconds: int) -> Decision:
+def decide(
+    stored: StoredToken,
+    request: RefreshRequest,
+    *,
+    now: float,
+    margin_seconds: int,
+    rejected_cooldown_seconds: int = 0,
+) -> Decision:
     """Whether this run must call the IdP. Pure: the whole policy is here and unit-tested."""
     if request.reason == "forced":
         return Decision(True, "forced")
     if stored.token is None:
         return Decision(True, "missing" if stored.problem == "missing" else "unreadable")
     if request.reason == "rejected" and request.token_fingerprint == stored.fingerprint:
+        if now - stored.token.issued_at < rejected_cooldown_seconds:
+            # A token this young being rejected points at the API or the setup, not at the token: replacing
+            # it again and again would only hammer the IdP. Consumers get AuthenticationError instead.
+            return Decision(False, "rejected-within-cooldown")
         # Still the very token a consumer saw rejected; N consumers reporting it cause one IdP call,
         # because the first refresh replaces it and later reports no longer match.
         return Decision(True, "rejected")
@@ -141,7 +152,13 @@ class TokenRefresher:
         try:
             stored = self._store.load()
             now = self._clock()
-            decision = decide(stored, request, now=now, margin_seconds=self._settings.refresh_margin_seconds)
+            decision = decide(
+                stored,
+                request,
+                now=now,
+                margin_seconds=self._settings.refresh_margin_seconds,
+                rejected_cooldown_seconds=self._settings.rejected_cooldown_seconds,
+            )
             reason = decision.reason
             if not decision.refresh and stored.token is not None:
                 return RefreshOutcome(

@@ -17,6 +17,7 @@ DEFAULT_API_URL = "https://api.digitalroute.io"
 # while a one-hour token is still used for 40-45 minutes (see README, "Refresh schedule").
 DEFAULT_REFRESH_MARGIN_SECONDS = 1200
 DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS = 60
+DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS = 60
 
 
 def validate_url(url: str, *, variable: str) -> str:
@@ -67,6 +68,7 @@ class RefresherSettings:
     token_url: str = DEFAULT_TOKEN_URL
     audience: str = DEFAULT_AUDIENCE
     refresh_margin_seconds: int = DEFAULT_REFRESH_MARGIN_SECONDS
+    rejected_cooldown_seconds: int = DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RefresherSettings:
@@ -81,6 +83,9 @@ class RefresherSettings:
             # Below 5 minutes a single failed scheduled run could let the token expire.
             refresh_margin_seconds=_int_in_range(
                 env, "REFRESH_MARGIN_SECONDS", DEFAULT_REFRESH_MARGIN_SECONDS, 300, 3300
+            ),
+            rejected_cooldown_seconds=_int_in_range(
+                env, "REJECTED_TOKEN_COOLDOWN_SECONDS", DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS, 0, 900
             ),
         )
 

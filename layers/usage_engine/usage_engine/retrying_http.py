@@ -1,0 +1,78 @@
+"""requests sessions with urllib3's bounded retries: exponential backoff, jitter, a capped Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.util.retry import Retry
+
+
+class CappedRetry(Retry):
+    """urllib3's Retry, with Retry-After capped so a server cannot park a Lambda until its timeout."""
+
+    MAX_RETRY_AFTER_SECONDS = 10.0
+
+    def get_retry_after(self, response: Any) -> float | None:
+        retry_after = super().get_retry_after(response)
+        if retry_after is None:
+            return None
+        return min(retry_after, self.MAX_RETRY_AFTER_SECONDS)
+
+
+def bounded_retry(
+    *,
+    max_retries: int,
+    methods: Collection[str],
+    statuses: Collection[int],
+    backoff_factor: float = 0.5,
+) -> Retry:
+    # urllib3 sleeps 0 before the first retry, then factor x 2^(n-1) plus up to `factor` of jitter.
+    return CappedRetry(
+        total=max_retries,
+        connect=max_retries,
+        read=max_retries,
+        status=max_retries,
+        other=0,
+        redirect=0,
+        allowed_methods=frozenset(methods),
+        status_forcelist=frozenset(statuses),
+        backoff_factor=backoff_factor,
+        backoff_jitter=backoff_factor,
+        backoff_max=8.0,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+
+
+def retrying_session(retry: Retry, *, pool_maxsize: int = 10) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(max_retries=retry, pool_maxsize=pool_maxsize)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def attempts_of(response: requests.Response) -> int:
+    """How many HTTP attempts urllib3 made for this response (1 + its retries)."""
+    retries = getattr(response.raw, "retries", None)
+    return len(getattr(retries, "history", ())) + 1
+
+
+def describe_failure(error: requests.exceptions.RequestException) -> str:
+    # Exception texts can carry the URL; the form body (with the secret) is never part of them.
+    # After the retry budget, requests wraps the last cause in MaxRetryError: report that cause.
+    cause = getattr(error.args[0], "reason", None) if error.args else None
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError, so it is told apart first.
+    if isinstance(cause, NewConnectionError):
+        return "connection failed"
+    if isinstance(error, requests.exceptions.ConnectTimeout) or isinstance(cause, ConnectTimeoutError):
+        return "connect timeout"
+    if isinstance(error, requests.exceptions.ReadTimeout) or isinstance(cause, ReadTimeoutError):
+        return "read timeout"
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return "connection failed"
+    return type(error).__name__
