@@ -343,6 +343,7 @@ class _Faults:
     token_transforms: deque[Callable[[dict[str, Any]], dict[str, Any]]] = field(default_factory=deque)
     api_delay: float = 0.0
     api_failures: deque[_Response] = field(default_factory=deque)
+    api_failures_matching: list[tuple[str, _Response]] = field(default_factory=list)
 
 
 @dataclass
@@ -524,6 +525,15 @@ class UsageEngineEmulator:
         with self._lock:
             self._faults.api_failures.extend([response] * count)
 
+    def fail_api_requests_matching(self, text: str, status: int) -> None:
+        """Answer `status` to every API request whose query string or body contains `text`, until reset():
+        one record's calls fail throughout while the others succeed."""
+        _check_status(status)
+        if not text:
+            raise ValueError("text must not be empty")
+        with self._lock:
+            self._faults.api_failures_matching.append((text, _json(status, {"error": "injected"})))
+
     def set_api_delay(self, seconds: float) -> None:
         _check_delay(seconds)
         with self._lock:
@@ -656,10 +666,19 @@ class UsageEngineEmulator:
             time.sleep(delay)
         with self._lock:
             injected = self._faults.api_failures.popleft() if self._faults.api_failures else None
+            if injected is None:
+                injected = self._matching_failure(request)
         response = injected if injected is not None else self._api_response(request)
         with self._lock:
             self._counters.api_status_counts[response.status] += 1
         return response
+
+    def _matching_failure(self, request: _Request) -> _Response | None:
+        searchable = json.dumps(request.query) + (request.body or b"").decode("utf-8", "replace")
+        for text, response in self._faults.api_failures_matching:
+            if text in searchable:
+                return response
+        return None
 
     def _api_response(self, request: _Request) -> _Response:
         if not self._authenticated(request.authorization):

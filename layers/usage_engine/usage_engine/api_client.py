@@ -78,7 +78,7 @@ class UsageEngineClient:
         if not path.startswith("/") or path.startswith("//"):
             # An absolute URL here would send the bearer token to another host.
             raise ValueError("path must be relative to the API base URL and start with a single '/'")
-        token = self._usable_token(method, path)
+        token = self._usable_token()
         response = self._send(method, path, token, kwargs)
         if response.status_code == 401:
             response.close()
@@ -118,7 +118,7 @@ class UsageEngineClient:
         with self._calls_lock:
             self._calls[f"{status // 100}xx" if status else "error"] += 1
 
-    def _usable_token(self, method: str, path: str) -> AccessToken:
+    def _usable_token(self) -> AccessToken:
         try:
             return self.tokens.get()
         except TokenUnavailableError:
@@ -146,7 +146,8 @@ class UsageEngineClient:
 
     def _refresh_and_read(self, reason: str, rejected: AccessToken | None) -> AccessToken:
         """Ask the refresher, then read the secret; while it is busy, back off with full jitter and re-read."""
-        assert self._refresher is not None  # noqa: S101 - callers check; keeps mypy's narrowing
+        if self._refresher is None:
+            raise TokenUnavailableError("no valid token and on-demand refresh is off (TOKEN_REFRESHER_FUNCTION)")
         fingerprint = rejected.fingerprint if rejected is not None else None
         last_problem = "the refresher did not produce a token"
         for attempt in range(self._busy_attempts):

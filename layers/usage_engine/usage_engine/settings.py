@@ -41,6 +41,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def required_setting(name: str, env: Mapping[str, str] | None = None) -> str:
+    """A function-specific variable (e.g. DEAD_LETTER_QUEUE_URL), read at handler entry."""
+    return _required(os.environ if env is None else env, name)
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     if not value:

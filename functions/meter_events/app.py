@@ -1,0 +1,74 @@
+"""MeterEvents Lambda: apply "Create/Update/Delete Meter" events from SQS to the Usage Metering API.
+
+Partial batch responses: a retryable failure (429, 5xx, timeout, no token) is reported as a batch item
+failure and SQS redelivers it; a message that can never succeed goes to the dead-letter queue with its
+reason; nothing is dropped. Redelivered creates find the existing meter instead of making a second one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from usage_engine import (
+    DeadLetterQueue,
+    MessageOutcome,
+    MeterEventHandler,
+    RetryableMessageError,
+    UsageEngineClient,
+    UsageMeteringApi,
+    publish_api_calls,
+)
+from usage_engine.aws_clients import sqs_client
+from usage_engine.settings import required_setting
+
+SERVICE = "meter-events"
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="UsageEngine", service=SERVICE)
+tracer = Tracer(service=SERVICE)
+processor = BatchProcessor(event_type=EventType.SQS)
+
+
+@logger.inject_lambda_context(log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
+    client = UsageEngineClient.from_env()
+    handler = MeterEventHandler(
+        UsageMeteringApi(client),
+        DeadLetterQueue(sqs_client(), required_setting("DEAD_LETTER_QUEUE_URL")),
+    )
+
+    def record_handler(record: SQSRecord) -> str:
+        try:
+            outcome = handler.handle(record.body, record.message_id)
+        except RetryableMessageError as error:
+            metrics.add_metric(name="MeterEventsRetried", unit=MetricUnit.Count, value=1)
+            logger.warning("Meter event will be retried", extra={"message_id": record.message_id, "error": str(error)})
+            raise
+        _record(outcome, record.message_id)
+        return outcome.action
+
+    try:
+        return process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        publish_api_calls(client.drain_call_counts(), service=SERVICE)
+
+
+def _record(outcome: MessageOutcome, message_id: str) -> None:
+    if outcome.dead_lettered:
+        metrics.add_metric(name="MeterEventsDeadLettered", unit=MetricUnit.Count, value=1)
+        logger.error("Meter event dead-lettered", extra={"message_id": message_id, "reason": outcome.reason})
+        return
+    metrics.add_metric(name="MeterEventsApplied", unit=MetricUnit.Count, value=1)
+    logger.info(
+        "Meter event applied", extra={"message_id": message_id, "action": outcome.action, "meter_id": outcome.meter_id}
+    )

@@ -1,0 +1,90 @@
+"""MeterQuery Lambda: `GET /users/{userId}/meters` on an IAM-authorised HTTP API returns that user's meters.
+
+Usage Engine errors map to HTTP statuses with a JSON error body `{"error": {"code", "message"}}`: 404 and
+429 pass through, a failing Usage Engine is 502, an unreachable one 504, no usable token (or tokens
+rejected even when fresh) 503, a misconfigured function 500.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from usage_engine import (
+    AuthenticationError,
+    TokenUnavailableError,
+    UsageEngineApiError,
+    UsageEngineClient,
+    UsageEngineError,
+    UsageMeteringApi,
+    publish_api_calls,
+)
+
+SERVICE = "meter-query"
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace="UsageEngine", service=SERVICE)
+tracer = Tracer(service=SERVICE)
+app = APIGatewayHttpResolver()
+
+_USER_ID = re.compile(r"^[A-Za-z0-9._@:+\-]{1,128}$")
+
+
+@app.get("/users/<user_id>/meters")
+def list_user_meters(user_id: str) -> Response[dict[str, Any]]:
+    if not _USER_ID.match(user_id):
+        return _error(400, "invalid_user_id", "userId must be 1-128 characters of letters, digits and . _ @ : + -")
+    try:
+        meters = UsageMeteringApi(UsageEngineClient.from_env()).list_meters(userId=user_id)
+    except UsageEngineError as error:
+        return _map_error(error)
+    return Response(200, content_types.APPLICATION_JSON, {"userId": user_id, "meters": meters})
+
+
+def _map_error(error: UsageEngineError) -> Response[dict[str, Any]]:
+    if isinstance(error, AuthenticationError):
+        logger.error("Usage Engine rejected fresh tokens", extra={"error": str(error)})
+        return _error(503, "upstream_authentication", "the Usage Engine rejected the service's credentials")
+    if isinstance(error, UsageEngineApiError):
+        logger.warning("Usage Engine API error", extra={"error": str(error), "status": error.status})
+        if error.status in (404, 429):
+            return _error(error.status, f"upstream_{error.status}", error.reason)
+        if error.status is None:
+            return _error(504, "upstream_unreachable", "the Usage Engine API did not answer")
+        return _error(502, "upstream_error", f"the Usage Engine API answered {error.status}")
+    if isinstance(error, TokenUnavailableError):
+        logger.error("No Usage Engine token", extra={"error": str(error)})
+        return _error(503, "token_unavailable", "no valid Usage Engine token right now; retry shortly")
+    # Configuration and Secrets Manager errors: the service is broken, not the request.
+    logger.error("Meter query failed", extra={"error_type": type(error).__name__, "error": str(error)})
+    return _error(500, "internal_error", "the service is misconfigured or its secrets are unreachable")
+
+
+def _error(status: int, code: str, message: str) -> Response[dict[str, Any]]:
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body={"error": {"code": code, "message": message}},
+    )
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@tracer.capture_lambda_handler(capture_response=False)
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        return app.resolve(event, context)
+    finally:
+        # The client exists only once a route has used it; settings errors surface in the route.
+        publish_api_calls(_drain_calls(), service=SERVICE)
+
+
+def _drain_calls() -> dict[str, int]:
+    try:
+        return UsageEngineClient.from_env().drain_call_counts()
+    except Exception:  # noqa: BLE001 - metrics must never turn a response into an error
+        return {}

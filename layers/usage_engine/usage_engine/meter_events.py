@@ -1,0 +1,177 @@
+"""Meter events: upstream systems publish "Create/Update/Delete Meter" on an EventBridge bus; a rule sends
+them to SQS; the meter_events Lambda applies them to the Usage Metering API.
+
+Each message ends in exactly one of: applied (possibly "already done", since SQS delivers at least once),
+dead-lettered with its reason (it can never succeed as it is), or raised as retryable (SQS redelivers it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .dead_letter import DeadLetterQueue
+from .errors import UsageEngineApiError, UsageEngineError
+from .metering import UsageMeteringApi
+
+MAX_FIELD_LENGTH = 256
+DETAIL_TYPES = ("Create Meter", "Update Meter", "Delete Meter")
+
+
+class MalformedMessageError(UsageEngineError):
+    """The message can never be applied as it is: it goes to the dead-letter queue with this reason."""
+
+
+class RetryableMessageError(UsageEngineError):
+    """The message is fine but could not be applied now (429, 5xx, timeout, no token): SQS redelivers it."""
+
+
+@dataclass(frozen=True)
+class MeterRef:
+    meter_id: str | None = None
+    domain: str | None = None
+    external_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateMeter:
+    domain: str
+    external_ref: str
+    meter_type_id: str
+    user_id: str
+
+
+@dataclass(frozen=True)
+class UpdateMeter:
+    ref: MeterRef
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DeleteMeter:
+    ref: MeterRef
+
+
+MeterCommand = CreateMeter | UpdateMeter | DeleteMeter
+
+
+def parse_meter_event(body: str) -> MeterCommand:
+    """Parse an SQS body holding an EventBridge event; MalformedMessageError names what is wrong."""
+    try:
+        event = json.loads(body)
+    except (ValueError, TypeError):
+        raise MalformedMessageError("body is not JSON") from None
+    if not isinstance(event, dict):
+        raise MalformedMessageError("body is not a JSON object")
+    detail_type = event.get("detail-type")
+    if detail_type not in DETAIL_TYPES:
+        raise MalformedMessageError(f"detail-type must be one of {', '.join(DETAIL_TYPES)}")
+    detail = event.get("detail")
+    if not isinstance(detail, dict):
+        raise MalformedMessageError("detail must be a JSON object")
+    if detail_type == "Create Meter":
+        return CreateMeter(
+            domain=_text(detail, "domain"),
+            external_ref=_text(detail, "externalRef"),
+            meter_type_id=_text(detail, "meterTypeId"),
+            user_id=_text(detail, "userId"),
+        )
+    ref = _meter_ref(detail)
+    if detail_type == "Delete Meter":
+        return DeleteMeter(ref)
+    changes: dict[str, Any] = {}
+    if "value" in detail:
+        value = detail["value"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise MalformedMessageError("detail.value must be a finite number")
+        changes["value"] = value
+    if "resetAt" in detail:
+        reset_at = detail["resetAt"]
+        if reset_at is not None and (not isinstance(reset_at, str) or not reset_at.strip()):
+            raise MalformedMessageError("detail.resetAt must be a timestamp string or null")
+        changes["reset_at"] = reset_at
+    if not changes:
+        raise MalformedMessageError("Update Meter needs detail.value and/or detail.resetAt")
+    return UpdateMeter(ref, changes)
+
+
+def _text(detail: dict[str, Any], name: str) -> str:
+    value = detail.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise MalformedMessageError(f"detail.{name} must be a non-empty string")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise MalformedMessageError(f"detail.{name} is longer than {MAX_FIELD_LENGTH} characters")
+    return value
+
+
+def _meter_ref(detail: dict[str, Any]) -> MeterRef:
+    if "meterId" in detail:
+        return MeterRef(meter_id=_text(detail, "meterId"))
+    if "externalRef" in detail:
+        return MeterRef(domain=_text(detail, "domain"), external_ref=_text(detail, "externalRef"))
+    raise MalformedMessageError("detail needs meterId, or domain and externalRef")
+
+
+@dataclass(frozen=True)
+class MessageOutcome:
+    action: str
+    meter_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def dead_lettered(self) -> bool:
+        return self.action == "dead-lettered"
+
+
+class MeterEventHandler:
+    def __init__(self, api: UsageMeteringApi, dead_letters: DeadLetterQueue) -> None:
+        self._api = api
+        self._dead_letters = dead_letters
+
+    def handle(self, body: str, message_id: str) -> MessageOutcome:
+        """Apply one message. Raises RetryableMessageError (and only that) when SQS should redeliver it."""
+        try:
+            return self._apply(parse_meter_event(body))
+        except MalformedMessageError as error:
+            return self._dead_letter(body, message_id, str(error))
+        except UsageEngineApiError as error:
+            if error.retryable:
+                raise RetryableMessageError(str(error)) from error
+            return self._dead_letter(body, message_id, str(error))
+        except UsageEngineError as error:
+            # No token, Secrets Manager trouble, refresher down: nothing wrong with the message.
+            raise RetryableMessageError(str(error)) from error
+
+    def _dead_letter(self, body: str, message_id: str, reason: str) -> MessageOutcome:
+        # If this send fails it raises, the message is reported as failed, and SQS redelivers it.
+        self._dead_letters.send(body, reason=reason, source_message_id=message_id)
+        return MessageOutcome("dead-lettered", reason=reason)
+
+    def _apply(self, command: MeterCommand) -> MessageOutcome:
+        if isinstance(command, CreateMeter):
+            meter, created = self._api.ensure_meter(
+                domain=command.domain,
+                external_ref=command.external_ref,
+                meter_type_id=command.meter_type_id,
+                user_id=command.user_id,
+            )
+            return MessageOutcome("created" if created else "already-exists", meter_id=str(meter.get("id")))
+        meter_id = self._resolve(command.ref)
+        if isinstance(command, DeleteMeter):
+            if meter_id is None:
+                return MessageOutcome("already-deleted")
+            deleted = self._api.delete_meter(meter_id)
+            return MessageOutcome("deleted" if deleted else "already-deleted", meter_id=meter_id)
+        if meter_id is None:
+            raise MalformedMessageError("no meter with that domain and externalRef")
+        self._api.update_meter(meter_id, **command.changes)
+        return MessageOutcome("updated", meter_id=meter_id)
+
+    def _resolve(self, ref: MeterRef) -> str | None:
+        if ref.meter_id is not None:
+            return ref.meter_id
+        # The parser guarantees both are set when meter_id is not.
+        meter = self._api.find_meter(domain=ref.domain or "", external_ref=ref.external_ref or "")
+        return str(meter["id"]) if meter is not None else None
