@@ -62,7 +62,12 @@ def load_module(function: str) -> ModuleType:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        # A half-initialised module must not be served to the next caller.
+        del sys.modules[name]
+        raise
     return module
 
 

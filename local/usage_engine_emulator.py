@@ -534,6 +534,13 @@ class UsageEngineEmulator:
         with self._lock:
             self._faults.api_failures_matching.append((text, _json(status, {"error": "injected"})))
 
+    def clear_api_faults(self) -> None:
+        """The API recovers: forget injected API failures and delay, keep meters and tokens."""
+        with self._lock:
+            self._faults.api_failures.clear()
+            self._faults.api_failures_matching.clear()
+            self._faults.api_delay = 0.0
+
     def set_api_delay(self, seconds: float) -> None:
         _check_delay(seconds)
         with self._lock:

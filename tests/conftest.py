@@ -13,8 +13,10 @@ from typing import Any
 import boto3
 import pytest
 
+from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import load_module
 from local.moto_server import MotoServer
+from local.resources import CREDENTIALS_SECRET, TOKEN_SECRET, LocalResources, create_resources
 from local.usage_engine_emulator import UsageEngineEmulator
 from tests import leak_guard
 
@@ -22,8 +24,6 @@ pytest_plugins = ["pytester"]
 
 CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-7d1f3e9a0b52"
-CREDENTIALS_SECRET = "usage-engine/credentials"
-TOKEN_SECRET = "usage-engine/token"
 
 leak_guard.forbid(CLIENT_SECRET)
 
@@ -62,19 +62,23 @@ def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
 
 def _fresh_container() -> None:
     # What a new Lambda container starts with: no cached clients, providers or sessions.
-    from usage_engine import aws_clients, provider, refresher
+    from usage_engine import api_client, aws_clients, provider, refresher
 
     aws_clients.secrets_manager_client.cache_clear()
+    aws_clients.lambda_client.cache_clear()
+    aws_clients.sqs_client.cache_clear()
     provider._providers.clear()
+    api_client._clients.clear()
     refresher._exchange = None
 
 
 @dataclass
 class Deployment:
-    """The two secrets as template.yaml creates them, and the environment the functions get."""
+    """The stack's resources as template.yaml creates them, and the environment the functions get."""
 
     aws: MotoServer
     emulator: UsageEngineEmulator
+    resources: LocalResources
 
     @property
     def secrets(self) -> Any:
@@ -98,9 +102,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(aws: MotoServer, emulator: UsageEngineEmulator, monkeypatch: pytest.MonkeyPatch) -> Deployment:
-    client = boto3.client("secretsmanager")
-    client.create_secret(Name=CREDENTIALS_SECRET, Description="Usage Engine client credentials")
-    client.create_secret(Name=TOKEN_SECRET, Description="Usage Engine access token")
+    resources = create_resources()
     env = {
         "CREDENTIALS_SECRET_ID": CREDENTIALS_SECRET,
         "TOKEN_SECRET_ID": TOKEN_SECRET,
@@ -110,10 +112,11 @@ def deployment(aws: MotoServer, emulator: UsageEngineEmulator, monkeypatch: pyte
         "REFRESH_MARGIN_SECONDS": "1200",
         "TOKEN_EXPIRY_SKEW_SECONDS": "60",
         "POWERTOOLS_TRACE_DISABLED": "true",
+        "DEAD_LETTER_QUEUE_URL": resources.dead_letter_queue_url,
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    deployment = Deployment(aws=aws, emulator=emulator)
+    deployment = Deployment(aws=aws, emulator=emulator, resources=resources)
     deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
     return deployment
 
@@ -159,6 +162,27 @@ def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
 
     yield read
     module.logger.removeHandler(copy)
+
+
+REFRESHER_NAME = "token-refresher"
+
+
+@pytest.fixture(scope="session")
+def lambda_endpoint_server() -> Iterator[LocalLambdaEndpoint]:
+    # Reserved concurrency 1, as in template.yaml: concurrent on-demand refreshes are throttled.
+    with LocalLambdaEndpoint({REFRESHER_NAME: "token_refresher"}, reserved_concurrency={REFRESHER_NAME: 1}) as server:
+        yield server
+
+
+@pytest.fixture
+def consumers(
+    deployment: Deployment, lambda_endpoint_server: LocalLambdaEndpoint, monkeypatch: pytest.MonkeyPatch
+) -> Deployment:
+    """The deployment plus what consumers get: on-demand refresh through a real boto3 lambda.invoke."""
+    for name, value in lambda_endpoint_server.environment().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TOKEN_REFRESHER_FUNCTION", REFRESHER_NAME)
+    return deployment
 
 
 @pytest.fixture(autouse=True)

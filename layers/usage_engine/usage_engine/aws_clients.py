@@ -28,11 +28,12 @@ def secrets_manager_client() -> SecretsManagerClient:
 
 
 # The refresher may take a while (IdP retries); a consumer that stops waiting re-reads the secret instead.
-# One botocore retry only: a throttled invoke means "a refresh is running", which the caller handles.
+# At most two requests (total_max_attempts counts requests; max_attempts would count retries): a throttled
+# invoke means "a refresh is running", which the caller handles by re-reading the secret.
 LAMBDA_CONFIG = Config(
     connect_timeout=3,
     read_timeout=25,
-    retries={"mode": "standard", "max_attempts": 2},
+    retries={"mode": "standard", "total_max_attempts": 2},
 )
 
 SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
