@@ -23,8 +23,9 @@ $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 venv: $(STAMP)
 
 ## The whole flow against the local AWS emulator (moto) and the local Usage Engine emulator.
+# The layer's package is on the path as it is in Lambda (/opt/python).
 demo: venv
-	$(BIN)/python -m local.demo
+	PYTHONPATH=layers/usage_engine $(BIN)/python -m local.demo
 
 ## Lint, strict type checks, template checks and the test suite.
 test: lint typecheck template-check pytest

@@ -13,7 +13,9 @@ import json
 import os
 import secrets
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,13 +25,18 @@ import boto3
 import requests
 import time_machine
 
+from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import invoke, load_event, load_module
 from local.moto_server import MotoServer
+from local.resources import create_resources, publish_meter_events
+from local.sqs_event_source import SqsEventSource
 from local.usage_engine_emulator import UsageEngineEmulator
+from usage_engine import LambdaRefreshRequester, TokenProvider, TokenStore, UsageEngineClient, UsageEngineError
+from usage_engine.aws_clients import LAMBDA_CONFIG, SECRETS_MANAGER_CONFIG
+from usage_engine.secrets_manager import SecretsManagerSecret
 
-CREDENTIALS_SECRET = "usage-engine/credentials"
-TOKEN_SECRET = "usage-engine/token"
 CLIENT_ID = "demo-application"
+REFRESHER = "token-refresher"
 
 
 @dataclass
@@ -89,15 +96,17 @@ def retell(story: Story, lines: list[dict[str, Any]]) -> None:
     for line in lines:
         if "_aws" in line:
             names = [m["Name"] for d in line["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]]
-            values = ", ".join(f"{n}={_last(line[n])}" for n in names)
+            values = ", ".join(f"{n}={_total(line[n])}" for n in names)
             story.say(f"   metrics (EMF): {values}")
         else:
-            fields = {k: line[k] for k in ("reason", "token_fingerprint", "idp_attempts", "error") if k in line}
+            keys = ("reason", "action", "token_fingerprint", "idp_attempts", "error")
+            fields = {k: line[k] for k in keys if k in line}
             story.say(f"   log {line['level']}: {line['message']} {json.dumps(fields)}")
 
 
-def _last(value: Any) -> Any:
-    value = value[-1] if isinstance(value, list) else value
+def _total(value: Any) -> Any:
+    # EMF lists every value a metric got in one invocation; the story tells their sum.
+    value = sum(value) if isinstance(value, list) else value
     return int(value) if isinstance(value, float) and value.is_integer() else round(value, 1)
 
 
@@ -110,71 +119,82 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         UsageEngineEmulator(
             clients={CLIENT_ID: report.client_secret}, on_token_issued=report.issued_tokens.append
         ) as usage_engine,
+        LocalLambdaEndpoint({REFRESHER: "token_refresher"}, reserved_concurrency={REFRESHER: 1}) as lambdas,
+        # One virtual clock for the whole story, moved forward where the story says "minutes later".
+        time_machine.travel(time.time(), tick=True) as clock,
     ):
         os.environ.update(aws.environment())
+        os.environ.update(lambdas.environment())
+        story.say(f"   AWS (moto server):            {aws.endpoint_url}")
+        story.say(f"   Usage Engine emulator:        {usage_engine.base_url}")
+        story.say(f"   Lambda Invoke API (refresher): {lambdas.endpoint_url}")
+
+        story.step("The stack's resources exist (as template.yaml creates them); an operator stores the credentials")
+        resources = create_resources()
         os.environ.update(
             {
-                "CREDENTIALS_SECRET_ID": CREDENTIALS_SECRET,
-                "TOKEN_SECRET_ID": TOKEN_SECRET,
+                "CREDENTIALS_SECRET_ID": resources.credentials_secret,
+                "TOKEN_SECRET_ID": resources.token_secret,
                 "USAGE_ENGINE_TOKEN_URL": usage_engine.token_url,
                 "USAGE_ENGINE_AUDIENCE": usage_engine.audience,
                 "USAGE_ENGINE_API_URL": usage_engine.base_url,
                 "REFRESH_MARGIN_SECONDS": "1200",
+                "TOKEN_REFRESHER_FUNCTION": REFRESHER,
+                "DEAD_LETTER_QUEUE_URL": resources.dead_letter_queue_url,
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
         )
-        story.say(f"   AWS (moto server):           {aws.endpoint_url}")
-        story.say(f"   Usage Engine emulator:        {usage_engine.base_url}")
-
-        story.step(
-            "The stack's two secrets exist, empty (as template.yaml creates them); an operator stores the credentials"
-        )
         sm = boto3.client("secretsmanager")
-        sm.create_secret(Name=CREDENTIALS_SECRET)
-        sm.create_secret(Name=TOKEN_SECRET)
         sm.put_secret_value(
-            SecretId=CREDENTIALS_SECRET,
+            SecretId=resources.credentials_secret,
             SecretString=json.dumps({"clientId": CLIENT_ID, "clientSecret": report.client_secret}),
         )
-        story.say(f"   {CREDENTIALS_SECRET}: client id {CLIENT_ID!r}, client secret stored (not shown)")
+        story.say(f"   {resources.credentials_secret}: client id {CLIENT_ID!r}, client secret stored (not shown)")
+        story.say(
+            f"   {resources.token_secret}: empty; event bus {resources.event_bus!r} -> rule -> SQS -> meter_events"
+        )
 
         output = FunctionOutput()
         with output.capture():
-            load_module("token_refresher")  # its Logger writes where this demo can read it
+            for function in ("token_refresher", "meter_events", "meter_query"):
+                load_module(function)  # their Loggers write where this demo can read them
+
+        def call(function: str, event: Any, label: str) -> Any:
+            with output.capture():
+                result = invoke(function, event)
+            story.say(f"   invoke {function} with {label}")
+            retell(story, output.drain())
+            return result
 
         def refresher(event_file: str) -> dict[str, Any]:
-            with output.capture():
-                result = invoke("token_refresher", load_event(event_file))
-            story.say(f"   invoke TokenRefresher with events/{event_file} -> {json.dumps(result)}")
-            retell(story, output.drain())
-            return dict(result)
+            result = dict(call("token_refresher", load_event(event_file), f"events/{event_file}"))
+            story.say(f"   -> {json.dumps(result)}")
+            return result
 
         def versions() -> int:
-            return len(sm.list_secret_version_ids(SecretId=TOKEN_SECRET)["Versions"])
+            return len(sm.list_secret_version_ids(SecretId=resources.token_secret)["Versions"])
 
         story.step("Scheduled run: no token stored yet, so the refresher asks the IdP for one")
         first = refresher("refresher-scheduled.json")
         story.say(
-            f"   token expires at {when(first['expires_at'])}; IdP requests so far: {usage_engine.token_requests}; "
+            f"   token expires at {when(first['expires_at'])}; IdP requests: {usage_engine.token_requests}; "
             f"token secret versions: {versions()}"
         )
 
         story.step("Next scheduled run, 5 minutes later: the stored token is fresh, so no IdP call")
-        with time_machine.travel(time.time() + 5 * 60, tick=True):
-            second = refresher("refresher-scheduled.json")
-        story.say(f"   IdP requests so far: {usage_engine.token_requests}; token secret versions: {versions()}")
+        clock.shift(5 * 60)
+        second = refresher("refresher-scheduled.json")
+        story.say(f"   IdP requests: {usage_engine.token_requests}; token secret versions: {versions()}")
 
         story.step("41 minutes after the first token: 19 minutes left, inside the 20-minute margin: refresh")
-        with time_machine.travel(time.time() + 41 * 60, tick=True):
-            third = refresher("refresher-scheduled.json")
+        clock.shift(36 * 60)
+        third = refresher("refresher-scheduled.json")
         story.say(
-            f"   new token expires at {when(third['expires_at'])}; IdP requests so far: "
+            f"   new token expires at {when(third['expires_at'])}; IdP requests: "
             f"{usage_engine.token_requests}; token secret versions: {versions()}"
         )
 
         story.step("A consumer reads the token through the layer's TokenProvider and calls the Usage Metering API")
-        from usage_engine import TokenProvider
-
         token = TokenProvider.from_env().get()
         response = requests.get(
             f"{usage_engine.base_url}/api/usage-metering/v1/meters",
@@ -186,16 +206,105 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
             f"{len(response.json().get('meters', []))} meters"
         )
 
+        story.step("An upstream system publishes 4 meter events on the bus (one of them malformed)")
+        publish_meter_events(
+            resources.event_bus,
+            [
+                ("Create Meter", _create("user-42-api-calls", "user-42", "api-calls")),
+                ("Create Meter", _create("user-42-storage", "user-42", "storage-gb")),
+                ("Create Meter", _create("user-7-api-calls", "user-7", "api-calls")),
+                ("Create Meter", {"domain": "acme", "externalRef": "no-user", "meterTypeId": "api-calls"}),
+            ],
+        )
+        source = SqsEventSource(resources.queue_url, resources.queue_arn, "meter_events")
+        messages: list[dict[str, Any]] = []
+        for _ in range(10):
+            messages += source.receive()
+            if len(messages) >= 4:
+                break
+        with output.capture():
+            batch = source.deliver(messages)
+        story.say(
+            f"   SQS delivered a batch of {len(batch.received)} to meter_events (as the event source mapping does)"
+        )
+        retell(story, output.drain())
+        dlq = boto3.client("sqs").receive_message(
+            QueueUrl=resources.dead_letter_queue_url, MessageAttributeNames=["All"], MaxNumberOfMessages=10
+        )
+        dead = dlq.get("Messages", [])
+        story.say(
+            f"   applied: {len(batch.succeeded) - len(dead)}, retried: {len(batch.failed)}, dead-lettered: {len(dead)}"
+            + (f" (reason: {dead[0]['MessageAttributes']['reason']['StringValue']})" if dead else "")
+        )
+        story.say(f"   meters in the Usage Engine: {len(usage_engine.meters)}")
+
+        story.step("The same batch is delivered again (SQS is at-least-once): no duplicate meters")
+        with output.capture():
+            redelivered = invoke("meter_events", {"Records": [source._record(m) for m in messages]})
+        output.drain()
+        story.say(
+            f"   batchItemFailures: {len(redelivered['batchItemFailures'])}; "
+            f"meters in the Usage Engine: {len(usage_engine.meters)}"
+        )
+
+        story.step("GET /users/user-42/meters through the IAM-authorised HTTP API (meter_query)")
+        query = call("meter_query", load_event("meter-query-http-api.json"), "events/meter-query-http-api.json")
+        body = json.loads(query["body"])
+        story.say(
+            f"   -> HTTP {query['statusCode']}: {len(body['meters'])} meters for {body['userId']}: "
+            + ", ".join(m["externalRef"] for m in body["meters"])
+        )
+
+        story.step("10 minutes later the Usage Engine revokes every token; 10 containers call the API at once")
+        clock.shift(10 * 60)
+        before = usage_engine.token_requests
+        usage_engine.revoke_all_tokens()
+        statuses: list[int | str] = []
+        threads = [
+            threading.Thread(target=lambda: statuses.append(_container_call(usage_engine.base_url))) for _ in range(10)
+        ]
+        with output.capture():
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(timeout=60)
+            after_query = invoke("meter_query", load_event("meter-query-http-api.json"))
+        refresher_runs = [line for line in output.drain() if line.get("message", "").startswith("Token refresh")]
+        outcomes = Counter(str(line.get("reason")) for line in refresher_runs)
+        new_requests = usage_engine.token_requests - before
+        story.say(
+            f"   each got 401, dropped that token, re-read the secret and asked the refresher: it ran "
+            f"{len(refresher_runs)} times ({', '.join(f'{k}: {v}' for k, v in sorted(outcomes.items()))}), "
+            f"{lambdas.throttles(REFRESHER)} invokes were throttled (reserved concurrency 1) and re-read instead"
+        )
+        story.say(
+            f"   results: {statuses.count(200)}/10 containers got HTTP 200; meter_query -> HTTP "
+            f"{after_query['statusCode']}; new IdP requests: {new_requests}"
+        )
+
         ok = (
             first["refreshed"]
             and not second["refreshed"]
             and third["refreshed"]
-            and usage_engine.token_requests == 2
             and response.status_code == 200
+            and len(dead) == 1
+            and len(usage_engine.meters) == 3
+            and not redelivered["batchItemFailures"]
+            and query["statusCode"] == 200
+            and statuses == [200] * 10
+            and after_query["statusCode"] == 200
+            and new_requests == 1
         )
         story.step("Summary")
-        story.say(f"   refresh -> skip -> refresh: {'yes' if ok else 'NO'}")
+        story.say(
+            "   refresh -> skip -> refresh, events -> meters, revoke -> recover with one IdP request: "
+            + ("yes" if ok else "NO")
+        )
         story.say(f"   IdP token requests: {usage_engine.token_requests}; API requests: {usage_engine.api_requests}")
+        story.say(
+            f"   Secrets Manager: GetSecretValue {aws.calls('GetSecretValue')}, "
+            f"PutSecretValue {aws.calls('PutSecretValue')}"
+        )
 
     report.output = story.text
     secrets_seen = [report.client_secret, *report.issued_tokens]
@@ -207,6 +316,22 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         f"(checked the client secret and {len(report.issued_tokens)} issued tokens)"
     )
     return report
+
+
+def _create(ref: str, user: str, meter_type: str) -> dict[str, Any]:
+    return {"domain": "acme", "externalRef": ref, "meterTypeId": meter_type, "userId": user}
+
+
+def _container_call(base_url: str) -> int | str:
+    """One more Lambda container: its own boto3 clients, token cache and HTTP session."""
+    secrets_client = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
+    tokens = TokenProvider(TokenStore(SecretsManagerSecret(secrets_client, os.environ["TOKEN_SECRET_ID"])))
+    refresher = LambdaRefreshRequester(boto3.client("lambda", config=LAMBDA_CONFIG), REFRESHER)
+    client = UsageEngineClient(base_url, tokens, refresher=refresher)
+    try:
+        return client.request("GET", "/api/usage-metering/v1/meters").status_code
+    except UsageEngineError as error:
+        return type(error).__name__
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ def test_demo_story_and_no_secret_in_its_output() -> None:
     text = out.getvalue()
 
     assert report.leaks == []
-    assert len(report.issued_tokens) == 2
+    assert len(report.issued_tokens) == 3
     assert report.client_secret not in text
     for token in report.issued_tokens:
         assert token not in text
@@ -37,5 +37,10 @@ def test_demo_story_and_no_secret_in_its_output() -> None:
     assert '"refreshed": false, "reason": "fresh"' in text
     assert '"refreshed": true, "reason": "expiring"' in text
     assert "HTTP 200" in text
-    assert "refresh -> skip -> refresh: yes" in text
+    assert "MeterEventsApplied=3, MeterEventsDeadLettered=1" in text
+    assert "dead-lettered: 1 (reason: detail.userId must be a non-empty string)" in text
+    assert "batchItemFailures: 0; meters in the Usage Engine: 3" in text
+    assert "HTTP 200: 2 meters for user-42" in text
+    assert "10/10 containers got HTTP 200; meter_query -> HTTP 200; new IdP requests: 1" in text
+    assert "revoke -> recover with one IdP request: yes" in text
     assert demo.main.__doc__ is None or "secret" not in demo.main.__doc__
