@@ -19,6 +19,7 @@ from usage_engine import (
 )
 from usage_engine.metering import METERS_PATH
 from usage_engine.refresh_requester import RefreshResult
+from usage_engine.retrying_http import bounded_retry, retrying_session
 from usage_engine.secrets_manager import SecretsManagerSecret
 
 
@@ -174,7 +175,8 @@ def test_connection_failure_is_a_retryable_api_error() -> None:
     secrets = FakeSecrets()
     secrets.value = encode_token(AccessToken(value="abc.def.ghi", expires_at=4_000_000_000, issued_at=1))
     tokens = TokenProvider(TokenStore(SecretsManagerSecret(secrets, "token")))  # type: ignore[arg-type]
-    client = UsageEngineClient("http://127.0.0.1:9", tokens)
+    no_backoff = retrying_session(bounded_retry(max_retries=2, methods={"POST"}, statuses=(), backoff_factor=0))
+    client = UsageEngineClient("http://127.0.0.1:9", tokens, session=no_backoff)
     with pytest.raises(UsageEngineApiError) as caught:
         client.request("POST", METERS_PATH, json={})
     assert caught.value.status is None
