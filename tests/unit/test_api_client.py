@@ -126,6 +126,20 @@ def test_rejected_token_is_reported_with_its_fingerprint(emulator: UsageEngineEm
     assert client.drain_call_counts() == {}
 
 
+def test_caller_headers_survive_the_401_retry(emulator: UsageEngineEmulator) -> None:
+    secrets = FakeSecrets()
+    refresher = FakeRefresher(secrets, emulator)
+    client = client_for(emulator, secrets, refresher)
+    client.request("GET", METERS_PATH)
+    emulator.revoke_all_tokens()
+    headers = {"X-Correlation-Id": "abc", "Authorization": "Bearer not-this-one"}
+    response = client.request("GET", METERS_PATH, headers=headers)
+    assert response.status_code == 200
+    assert response.request.headers["X-Correlation-Id"] == "abc"
+    assert response.request.headers["Authorization"] == client.tokens.get().authorization
+    assert headers == {"X-Correlation-Id": "abc", "Authorization": "Bearer not-this-one"}
+
+
 def test_second_401_with_a_fresh_token_raises(emulator: UsageEngineEmulator) -> None:
     secrets = FakeSecrets()
     refresher = FakeRefresher(secrets, emulator)

@@ -104,10 +104,12 @@ class UsageEngineClient:
         return counts
 
     def _send(self, method: str, path: str, token: AccessToken, kwargs: dict[str, Any]) -> requests.Response:
-        headers = {"Accept": "application/json", **kwargs.pop("headers", {}), "Authorization": token.authorization}
-        kwargs.setdefault("timeout", self._timeout)
+        # A copy: the same arguments are sent again after a 401.
+        options = {"timeout": self._timeout, **kwargs}
+        headers = {"Accept": "application/json", **(options.pop("headers", None) or {})}
+        headers["Authorization"] = token.authorization
         try:
-            response = self._session.request(method, self.base_url + path, headers=headers, **kwargs)
+            response = self._session.request(method, self.base_url + path, headers=headers, **options)
         except requests.exceptions.RequestException as error:
             self._count(None)
             raise UsageEngineApiError(method, path, None, describe_failure(error)) from None
