@@ -7,11 +7,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/usage_engine/requirements.txt | sha256sum | cut -c1-12)
 ARCH ?= arm64
 REGION ?= eu-west-1
+# The stack that deploy, logs, destroy and set-credentials act on (samconfig.toml's default).
+STACK ?= usage-engine-token-bundle
+# checkov has its own pinned virtualenv: its boto3/botocore pins conflict with aws-sam-cli's in .venv.
+CHECKS_VENV := $(VENV)/checks
+CHECKS_STAMP := $(CHECKS_VENV)/.installed-$(shell sha256sum requirements-checks.txt | cut -c1-12)
 # Template checks run offline: a region is needed, credentials are not.
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo test lint typecheck template-check pytest build clean
+.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 	rm -rf $(VENV)
@@ -22,13 +27,19 @@ $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 
 venv: $(STAMP)
 
+$(CHECKS_STAMP): requirements-checks.txt | $(STAMP)
+	rm -rf $(CHECKS_VENV)
+	$(PYTHON) -m venv $(CHECKS_VENV)
+	$(CHECKS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checks.txt
+	touch $@
+
 ## The whole flow against the local AWS emulator (moto) and the local Usage Engine emulator.
 # The layer's package is on the path as it is in Lambda (/opt/python).
 demo: venv
 	PYTHONPATH=layers/usage_engine $(BIN)/python -m local.demo
 
 ## Lint, strict type checks, template checks and the test suite.
-test: lint typecheck template-check pytest
+test: lint typecheck template-check build-all pytest
 
 lint: venv
 	$(BIN)/ruff check .
@@ -38,10 +49,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy --strict layers/usage_engine/usage_engine
 	for fn in functions/*/; do $(BIN)/mypy --strict "$$fn"app.py; done
+	$(BIN)/mypy --strict tools/set_credentials.py
 
-template-check: venv
+template-check: venv checkov
 	$(BIN)/cfn-lint template.yaml
 	$(BIN)/sam validate --lint --template template.yaml
+
+## checkov on template.yaml: zero failed checks; each skip is justified in the template next to its resource.
+checkov: $(CHECKS_STAMP)
+	$(CHECKS_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 pytest: venv
 	$(BIN)/python -m pytest
@@ -49,6 +65,32 @@ pytest: venv
 ## sam build for one architecture (ARCH=arm64|x86_64); the layer Makefile reads LAYER_ARCHITECTURE.
 build: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" LAYER_ARCHITECTURE=$(ARCH) $(BIN)/sam build --parameter-overrides Architecture=$(ARCH)
+
+## sam build for both architectures (a check: deploy uses `make build`), into .aws-sam/build-all/<arch>.
+build-all: venv
+	for arch in arm64 x86_64; do \
+		PATH="$(CURDIR)/$(BIN):$$PATH" LAYER_ARCHITECTURE=$$arch $(BIN)/sam build \
+			--build-dir .aws-sam/build-all/$$arch --cache-dir .aws-sam/cache-all/$$arch \
+			--parameter-overrides Architecture=$$arch; \
+	done
+
+## Deploy what `make build` built: make deploy [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c UsageEngineRegion=US"].
+## Parameters not given keep their previous values (docs/operations.md lists them).
+deploy: build
+	$(BIN)/sam deploy --stack-name $(STACK) --parameter-overrides Architecture=$(ARCH) $(PARAMS) $(if $(GUIDED),--guided)
+
+## Follow the functions' logs: make logs [FUNCTION=TokenRefresherFunction].
+logs: venv
+	$(BIN)/sam logs --stack-name $(STACK) $(if $(FUNCTION),--name $(FUNCTION)) --tail
+
+## Delete the stack (asks for confirmation).
+destroy: venv
+	$(BIN)/sam delete --stack-name $(STACK)
+
+## Store the client id/secret from the Usage Engine UI's JSON file and force a token refresh: make set-credentials FILE=...
+set-credentials: venv
+	@test -n "$(FILE)" || { echo "usage: make set-credentials FILE=application-access.json [STACK=$(STACK)]" >&2; exit 2; }
+	PYTHONPATH=layers/usage_engine $(BIN)/python -m tools.set_credentials --file "$(FILE)" --stack "$(STACK)"
 
 clean:
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -9,17 +9,21 @@ from collections.abc import Iterator
 import pytest
 
 from local import demo
+from local.moto_server import MotoServer
 from tests.conftest import _fresh_container
 
 
 @pytest.fixture
-def isolated_environment() -> Iterator[None]:
+def isolated_environment(moto_server: MotoServer) -> Iterator[None]:
+    # moto keeps its backends in process memory: the demo's own moto server shares them with the suite's.
+    moto_server.reset()
     saved = dict(os.environ)
     _fresh_container()
     yield
     os.environ.clear()
     os.environ.update(saved)
     _fresh_container()
+    moto_server.reset()
 
 
 @pytest.mark.usefixtures("isolated_environment")

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.template.conftest import (
+    CREDENTIALS_ARN,
     CREDENTIALS_SECRET_ID,
     REFRESHER_ID,
     REPO_ROOT,
@@ -27,18 +28,28 @@ from tests.template.conftest import (
 
 IAM_POLICY_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy")
 
-# What the refresher gets from AWS managed policies: logs (basic execution) and X-Ray (Tracing: Active).
-ALLOWED_REFRESHER_MANAGED_POLICIES = {
-    "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole",
-    "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
-}
+# The only actions that may name Resource "*": X-Ray has no resource-level permissions for them.
+ACTIONS_WITHOUT_RESOURCE_LEVEL_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
 # The refresher's environment: its DESIGN.md contract variables plus the Powertools ones.
 REFRESHER_ENV = {
-    "CREDENTIALS_SECRET_ID": {"Ref": CREDENTIALS_SECRET_ID},
+    "CREDENTIALS_SECRET_ID": CREDENTIALS_ARN,
     "TOKEN_SECRET_ID": {"Ref": TOKEN_SECRET_ID},
-    "USAGE_ENGINE_TOKEN_URL": {"Ref": "UsageEngineTokenUrl"},
-    "USAGE_ENGINE_AUDIENCE": {"Ref": "UsageEngineAudience"},
+    # The explicit parameter when it is set, else the UsageEngineRegion's endpoint (test_parameters.py).
+    "USAGE_ENGINE_TOKEN_URL": {
+        "Fn::If": [
+            "HasTokenUrlOverride",
+            {"Ref": "UsageEngineTokenUrl"},
+            {"Fn::FindInMap": ["UsageEngineEndpoints", {"Ref": "UsageEngineRegion"}, "TokenUrl"]},
+        ]
+    },
+    "USAGE_ENGINE_AUDIENCE": {
+        "Fn::If": [
+            "HasAudienceOverride",
+            {"Ref": "UsageEngineAudience"},
+            {"Fn::FindInMap": ["UsageEngineEndpoints", {"Ref": "UsageEngineRegion"}, "Audience"]},
+        ]
+    },
     "REFRESH_MARGIN_SECONDS": {"Ref": "RefreshMarginSeconds"},
     "POWERTOOLS_SERVICE_NAME": "token-refresher",
     "POWERTOOLS_METRICS_NAMESPACE": "UsageEngine",
@@ -79,9 +90,7 @@ def secret_grants(role: dict[str, Any]) -> set[tuple[str, str]]:
     grants: set[tuple[str, str]] = set()
     for document in policy_documents(role):
         for statement in statements(document):
-            actions = [
-                a for a in as_list(statement.get("Action", [])) if a.lower().startswith("secretsmanager:")
-            ]
+            actions = [a for a in as_list(statement.get("Action", [])) if a.lower().startswith("secretsmanager:")]
             grants.update(
                 (action, json.dumps(resource, sort_keys=True))
                 for action in actions
@@ -96,7 +105,7 @@ def secret_grants(role: dict[str, Any]) -> set[tuple[str, str]]:
 def test_refresher_role_grants_exactly_the_secret_permissions_it_needs(cfn_resources, refresher_role_id):
     role = cfn_resources[refresher_role_id]
 
-    credentials = json.dumps({"Ref": CREDENTIALS_SECRET_ID}, sort_keys=True)
+    credentials = json.dumps(CREDENTIALS_ARN, sort_keys=True)
     token = json.dumps({"Ref": TOKEN_SECRET_ID}, sort_keys=True)
     assert secret_grants(role) == {
         ("secretsmanager:GetSecretValue", credentials),
@@ -108,7 +117,8 @@ def test_refresher_role_grants_exactly_the_secret_permissions_it_needs(cfn_resou
             assert statement["Effect"] == "Allow"
             assert "NotAction" not in statement
             assert "NotResource" not in statement
-    assert set(role["Properties"].get("ManagedPolicyArns", [])) <= ALLOWED_REFRESHER_MANAGED_POLICIES
+    # Logs and X-Ray are granted inline (own log group only), not through AWS managed policies.
+    assert not role["Properties"].get("ManagedPolicyArns")
 
 
 def test_no_wildcard_in_any_inline_policy_action_or_resource(cfn_resources):
@@ -125,22 +135,34 @@ def test_no_wildcard_in_any_inline_policy_action_or_resource(cfn_resources):
             for statement in statements(document):
                 assert "NotAction" not in statement, logical_id
                 assert "NotResource" not in statement, logical_id
-                for key in ("Action", "Resource"):
-                    for value in strings(statement.get(key, [])):
-                        assert "*" not in value, f"{logical_id}: {key} {value!r}"
+                actions = strings(statement.get("Action", []))
+                for value in actions:
+                    assert "*" not in value, f"{logical_id}: Action {value!r}"
+                for value in strings(statement.get("Resource", [])):
+                    if value == "*" and set(actions) <= ACTIONS_WITHOUT_RESOURCE_LEVEL_PERMISSIONS:
+                        continue
+                    assert "*" not in value, f"{logical_id}: Resource {value!r} for {actions}"
                 checked += 1
     assert checked > 0
 
 
 def test_only_the_refresher_can_reach_the_credentials_secret(cfn_resources, refresher_role_id):
+    def credentials(node: Any) -> bool:
+        # The stack's own secret, or the existing one named by ExistingCredentialsSecretArn.
+        return references(node, CREDENTIALS_SECRET_ID) or references(node, "ExistingCredentialsSecretArn")
+
     for logical_id, resource in resources_of_type(cfn_resources, *IAM_POLICY_TYPES).items():
         if logical_id != refresher_role_id:
-            assert not references(resource, CREDENTIALS_SECRET_ID), f"{logical_id} references the credentials"
+            assert not credentials(resource), f"{logical_id} references the credentials"
     for logical_id, resource in resources_of_type(cfn_resources, "AWS::Lambda::Function").items():
         if logical_id != REFRESHER_ID:
-            assert not references(resource, CREDENTIALS_SECRET_ID), f"{logical_id} is given the credentials"
-    # Nor may a resource policy open the secret to other principals.
-    assert not resources_of_type(cfn_resources, "AWS::SecretsManager::ResourcePolicy")
+            assert not credentials(resource), f"{logical_id} is given the credentials"
+    # Nor may a resource policy open the secret to other principals: on it, only Deny statements.
+    policies = resources_of_type(cfn_resources, "AWS::SecretsManager::ResourcePolicy")
+    on_credentials = [p for p in policies.values() if credentials(p["Properties"]["SecretId"])]
+    assert len(on_credentials) == 1
+    for statement in statements(on_credentials[0]["Properties"]["ResourcePolicy"]):
+        assert statement["Effect"] == "Deny"
 
 
 def test_secrets_are_created_without_a_value(cfn_resources):
@@ -262,12 +284,19 @@ def test_schedule_retries_end_before_the_next_run(sam_template, cfn_resources, r
 # --- Parameters and outputs -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["UsageEngineTokenUrl", "UsageEngineAudience", "UsageEngineApiUrl"])
-def test_url_parameters_require_https(sam_template, name):
+@pytest.mark.parametrize(
+    ("name", "attribute"),
+    [("UsageEngineTokenUrl", "TokenUrl"), ("UsageEngineAudience", "Audience"), ("UsageEngineApiUrl", "ApiUrl")],
+)
+def test_url_parameters_require_https(sam_template, name, attribute):
     parameter = sam_template["Parameters"][name]
     pattern = re.compile(parameter["AllowedPattern"])
-    assert pattern.match(parameter["Default"])
-    assert not pattern.match(parameter["Default"].replace("https://", "http://", 1))
+    # Empty (the default) means "the UsageEngineRegion's endpoint"; an override must be https.
+    assert parameter["Default"] == ""
+    assert pattern.match("")
+    for endpoints in sam_template["Mappings"]["UsageEngineEndpoints"].values():
+        assert pattern.match(endpoints[attribute]), endpoints[attribute]
+        assert not pattern.match(endpoints[attribute].replace("https://", "http://", 1))
 
 
 def test_every_parameter_is_described(sam_template):

@@ -1,0 +1,161 @@
+"""Parameters, mappings and conditions, resolved for concrete parameter sets (conftest.Evaluator): what
+CloudFormation would deploy for a US tenant, an override, an existing secret or key, replica regions."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.template.conftest import Evaluator
+
+EXISTING_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:usage-engine/creds-AbC123"
+EXISTING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+ADMIN = "arn:aws:iam::123456789012:role/break-glass"
+
+
+def resolved(template: dict[str, Any], parameters: dict[str, str], *path: str) -> Any:
+    node: Any = template
+    for key in path:
+        node = node[key]
+    return Evaluator(template, parameters).resolve(node)
+
+
+def refresher_env(template: dict[str, Any], **parameters: str) -> dict[str, str]:
+    env = resolved(template, parameters, "Resources", "TokenRefresherFunction", "Properties", "Environment")
+    return dict(env["Variables"])
+
+
+def consumer_api_url(template: dict[str, Any], **parameters: str) -> str:
+    path = ("Resources", "MeterQueryFunction", "Properties", "Environment", "Variables", "USAGE_ENGINE_API_URL")
+    return str(resolved(template, parameters, *path))
+
+
+def test_every_parameter_is_in_a_console_group(sam_template):
+    groups = sam_template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(sam_template["Parameters"])
+
+
+@pytest.mark.parametrize(
+    ("region", "host"),
+    [("EU", "api.digitalroute.io"), ("US", "api.us.digitalroute.io")],
+)
+def test_region_selects_the_endpoints(sam_template, region, host):
+    env = refresher_env(sam_template, UsageEngineRegion=region)
+    assert env["USAGE_ENGINE_TOKEN_URL"] == f"https://{host}/authentication/v1/oauth/token"
+    assert env["USAGE_ENGINE_AUDIENCE"] == f"https://{host}/"
+    assert consumer_api_url(sam_template, UsageEngineRegion=region) == f"https://{host}"
+
+
+def test_defaults_are_the_eu_endpoints(sam_template):
+    env = refresher_env(sam_template)
+    assert env["USAGE_ENGINE_TOKEN_URL"] == "https://api.digitalroute.io/authentication/v1/oauth/token"
+    assert consumer_api_url(sam_template) == "https://api.digitalroute.io"
+
+
+def test_explicit_endpoints_override_the_region(sam_template):
+    overrides = {
+        "UsageEngineRegion": "US",
+        "UsageEngineTokenUrl": "https://idp.example.test/oauth/token",
+        "UsageEngineAudience": "https://api.example.test/",
+    }
+    env = refresher_env(sam_template, **overrides)
+    assert env["USAGE_ENGINE_TOKEN_URL"] == "https://idp.example.test/oauth/token"
+    assert env["USAGE_ENGINE_AUDIENCE"] == "https://api.example.test/"
+    # Only what is overridden changes.
+    assert consumer_api_url(sam_template, **overrides) == "https://api.us.digitalroute.io"
+    assert consumer_api_url(sam_template, UsageEngineApiUrl="https://api.example.test") == "https://api.example.test"
+
+
+@pytest.mark.parametrize(
+    ("value", "regions"),
+    [
+        ("", None),
+        ("us-east-1", ["us-east-1"]),
+        ("us-east-1,eu-central-1", ["us-east-1", "eu-central-1"]),
+        ("us-east-1,eu-central-1,ap-southeast-2", ["us-east-1", "eu-central-1", "ap-southeast-2"]),
+    ],
+)
+def test_token_secret_replicas(sam_template, value, regions):
+    pattern = re.compile(sam_template["Parameters"]["TokenSecretReplicaRegions"]["AllowedPattern"])
+    assert pattern.match(value)
+    secret = resolved(sam_template, {"TokenSecretReplicaRegions": value}, "Resources", "TokenSecret", "Properties")
+    if regions is None:
+        assert "ReplicaRegions" not in secret
+    else:
+        assert secret["ReplicaRegions"] == [
+            {"Region": region, "KmsKeyId": "alias/aws/secretsmanager"} for region in regions
+        ]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["us-east-1,eu-central-1,ap-southeast-2,eu-north-1", "us-east-1, eu-central-1", "US-EAST-1", "us-east-1,"],
+)
+def test_replica_regions_are_validated(sam_template, value):
+    pattern = re.compile(sam_template["Parameters"]["TokenSecretReplicaRegions"]["AllowedPattern"])
+    assert not pattern.match(value)
+
+
+def test_an_existing_credentials_secret_replaces_the_stacks_one(sam_template):
+    parameters = {"ExistingCredentialsSecretArn": EXISTING_SECRET}
+    evaluator = Evaluator(sam_template, parameters)
+    assert not evaluator.condition("CreateCredentialsSecret")
+    assert refresher_env(sam_template, **parameters)["CREDENTIALS_SECRET_ID"] == EXISTING_SECRET
+    policy = resolved(sam_template, parameters, "Resources", "TokenRefresherRole", "Properties", "Policies")
+    by_sid = {s["Sid"]: s for s in policy[0]["PolicyDocument"]["Statement"]}
+    assert by_sid["ReadClientCredentials"]["Resource"] == EXISTING_SECRET
+    context = by_sid["DecryptBothSecrets"]["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"]
+    assert context == [EXISTING_SECRET, "<Ref TokenSecret>"]
+    assert resolved(sam_template, parameters, "Outputs", "CredentialsSecretArn", "Value") == EXISTING_SECRET
+    pattern = re.compile(sam_template["Parameters"]["ExistingCredentialsSecretArn"]["AllowedPattern"])
+    assert pattern.match(EXISTING_SECRET)
+    assert not pattern.match(EXISTING_SECRET.rsplit("-", 1)[0])  # a partial ARN would not match the context
+
+
+def test_an_existing_key_replaces_the_stacks_key_everywhere(sam_template):
+    parameters = {"KmsKeyArn": EXISTING_KEY}
+    evaluator = Evaluator(sam_template, parameters)
+    assert not evaluator.condition("CreateKmsKey")
+    key_users = 0
+    for logical_id, resource in sam_template["Resources"].items():
+        properties = evaluator.resolve(resource.get("Properties", {}))
+        for name in ("KmsKeyId", "KmsMasterKeyId"):
+            if name in properties:
+                assert properties[name] == EXISTING_KEY, logical_id
+                key_users += 1
+    assert key_users == 2 + 5 + 1 + 4  # secrets, queues, topic, log groups
+    pattern = re.compile(sam_template["Parameters"]["KmsKeyArn"]["AllowedPattern"])
+    assert pattern.match(EXISTING_KEY)
+    assert not pattern.match("arn:aws:kms:eu-west-1:123456789012:alias/mine")
+
+
+def test_the_break_glass_principal_is_exempt_only_when_set(sam_template):
+    path = ("Resources", "CredentialsSecretPolicy", "Properties", "ResourcePolicy", "Statement")
+    without = resolved(sam_template, {}, *path)[0]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+    assert without == ["<TokenRefresherRole.Arn>"]
+    with_admin = resolved(sam_template, {"SecretsAdminPrincipalArn": ADMIN}, *path)
+    assert with_admin[0]["Condition"]["ArnNotEquals"]["aws:PrincipalArn"] == ["<TokenRefresherRole.Arn>", ADMIN]
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [
+        ("AlarmEmail", ["", "oncall@example.com"], ["oncall", "a b@example.com"]),
+        ("SecretsAdminPrincipalArn", ["", ADMIN], ["arn:aws:iam::123456789012:root", "break-glass"]),
+        ("RefreshScheduleExpression", ["rate(5 minutes)", "cron(0/5 * * * ? *)"], ["rate(10 minutes)", "5m"]),
+    ],
+)
+def test_parameter_validation(sam_template, name, good, bad):
+    pattern = re.compile(sam_template["Parameters"][name]["AllowedPattern"])
+    for value in good:
+        assert pattern.match(value), value
+    for value in bad:
+        assert not pattern.match(value), value
+
+
+def test_alarm_subscription_only_with_an_email(sam_template):
+    assert not Evaluator(sam_template, {}).condition("HasAlarmEmail")
+    assert Evaluator(sam_template, {"AlarmEmail": "oncall@example.com"}).condition("HasAlarmEmail")
