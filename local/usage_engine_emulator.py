@@ -53,8 +53,7 @@ METERS_PATH = "/api/usage-metering/v1/meters"
 METER_TYPES_PATH = "/api/usage-metering/v1/meter-types"
 ISSUER = "https://auth.digitalroute.io/"
 DEFAULT_SCOPE = (
-    "read:meters create:meters update:meters delete:meters "
-    "read:meter_types create:meter_types update:meter_types"
+    "read:meters create:meters update:meters delete:meters read:meter_types create:meter_types update:meter_types"
 )
 MAX_BODY_BYTES = 1024 * 1024
 # Oversized bodies up to this size are read and dropped so the 413 reaches the client intact.
@@ -321,9 +320,7 @@ def _parse_form(request: _Request) -> tuple[dict[str, str], _Response | None]:
     """Return the form fields, or an error response; never raises, so rate limiting can still key on it."""
     media_type = request.content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/x-www-form-urlencoded":
-        return {}, _oauth_error(
-            400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded"
-        )
+        return {}, _oauth_error(400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded")
     try:
         raw = parse_qs((request.body or b"").decode("utf-8"), keep_blank_values=True)
     except (UnicodeDecodeError, ValueError):
@@ -500,9 +497,7 @@ class UsageEngineEmulator:
         with self._lock:
             self._faults.token_garbage.extend([_Response(status, body, content_type)] * count)
 
-    def transform_next_token_responses(
-        self, count: int, transform: Callable[[dict[str, Any]], dict[str, Any]]
-    ) -> None:
+    def transform_next_token_responses(self, count: int, transform: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         """Rewrite the next ``count`` successful token responses (failed requests do not use one up)."""
         _check_count(count)
         with self._lock:
@@ -689,9 +684,7 @@ class UsageEngineEmulator:
 
     def _api_response(self, request: _Request) -> _Response:
         if not self._authenticated(request.authorization):
-            return _json(
-                401, {"error": "invalid_token"}, (("WWW-Authenticate", 'Bearer error="invalid_token"'),)
-            )
+            return _json(401, {"error": "invalid_token"}, (("WWW-Authenticate", 'Bearer error="invalid_token"'),))
         try:
             return self._route(request)
         except _ApiError as error:

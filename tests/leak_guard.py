@@ -49,9 +49,7 @@ def pytest_runtest_makereport(
         places.append("failure report")
     if not places:
         return
-    leaked = sorted(
-        {fp for _, content in own for fp in find_leaks(content)} | set(find_leaks(report.longreprtext))
-    )
+    leaked = sorted({fp for _, content in own for fp in find_leaks(content)} | set(find_leaks(report.longreprtext)))
     report.outcome = "failed"
     report.longrepr = (
         f"SECRET LEAK: {len(leaked) or 'a'} secret value(s) (sha256 prefixes {', '.join(leaked) or 'n/a'}) "

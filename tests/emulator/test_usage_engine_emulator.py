@@ -176,9 +176,7 @@ def test_token_from_another_emulator_does_not_verify(
         decode(other, token)
 
 
-def test_tokens_issued_in_the_same_second_differ(
-    http: requests.Session, emulator: UsageEngineEmulator
-) -> None:
+def test_tokens_issued_in_the_same_second_differ(http: requests.Session, emulator: UsageEngineEmulator) -> None:
     first = request_token(http, emulator).json()["access_token"]
     second = request_token(http, emulator).json()["access_token"]
 
@@ -187,9 +185,7 @@ def test_tokens_issued_in_the_same_second_differ(
 
 
 def test_explicit_audience_is_used(http: requests.Session, clock: FakeClock) -> None:
-    with UsageEngineEmulator(
-        clients={CLIENT_ID: CLIENT_SECRET}, audience="https://ue.example/", clock=clock
-    ) as emu:
+    with UsageEngineEmulator(clients={CLIENT_ID: CLIENT_SECRET}, audience="https://ue.example/", clock=clock) as emu:
         response = request_token(http, emu)
         assert emu.audience == "https://ue.example/"
         assert response.status_code == 200
@@ -243,9 +239,7 @@ def test_json_body_is_400(http: requests.Session, emulator: UsageEngineEmulator)
 
 
 @pytest.mark.parametrize("missing", ["client_id", "client_secret", "grant_type", "audience"])
-def test_missing_field_is_400_naming_it(
-    http: requests.Session, emulator: UsageEngineEmulator, missing: str
-) -> None:
+def test_missing_field_is_400_naming_it(http: requests.Session, emulator: UsageEngineEmulator, missing: str) -> None:
     form = {
         "client_id": CLIENT_ID,
         "client_secret": CLIENT_SECRET,
@@ -270,9 +264,7 @@ def test_token_endpoint_only_accepts_post(http: requests.Session, emulator: Usag
 # -- rate limits --------------------------------------------------------------------------------------
 
 
-def test_burst_of_five_then_429(
-    http: requests.Session, emulator: UsageEngineEmulator, clock: FakeClock
-) -> None:
+def test_burst_of_five_then_429(http: requests.Session, emulator: UsageEngineEmulator, clock: FakeClock) -> None:
     statuses = [request_token(http, emulator).status_code for _ in range(6)]
 
     assert statuses == [200, 200, 200, 200, 200, 429]
@@ -331,16 +323,12 @@ def test_meter_crud_round_trip(http: requests.Session, emulator: UsageEngineEmul
     assert meter["createdAt"] == "2027-01-15T08:00:00.000Z"
     meter_id = meter["id"]
 
-    other = api(
-        http, emulator, "POST", METERS_PATH, token, json={**METER, "externalRef": "ext-2", "userId": "u2"}
-    )
+    other = api(http, emulator, "POST", METERS_PATH, token, json={**METER, "externalRef": "ext-2", "userId": "u2"})
     assert other.status_code == 201
     listed = api(http, emulator, "GET", METERS_PATH, token)
     assert listed.status_code == 200
     assert [m["id"] for m in listed.json()["meters"]] == [meter_id, other.json()["id"]]
-    filtered = api(
-        http, emulator, "GET", METERS_PATH, token, params={"userId": "user-1", "domain": "acme.example"}
-    )
+    filtered = api(http, emulator, "GET", METERS_PATH, token, params={"userId": "user-1", "domain": "acme.example"})
     assert [m["id"] for m in filtered.json()["meters"]] == [meter_id]
     none = api(http, emulator, "GET", METERS_PATH, token, params={"externalRef": "nope"})
     assert none.json() == {"meters": []}
@@ -353,9 +341,7 @@ def test_meter_crud_round_trip(http: requests.Session, emulator: UsageEngineEmul
     reset_at = "2027-02-01T00:00:00Z"
     patched = api(http, emulator, "PATCH", f"{METERS_PATH}/{meter_id}", token, json={"resetAt": reset_at})
     assert patched.json() == {**meter, "value": 42.5, "resetAt": reset_at}
-    cleared = api(
-        http, emulator, "PATCH", f"{METERS_PATH}/{meter_id}", token, json={"value": 1, "resetAt": None}
-    )
+    cleared = api(http, emulator, "PATCH", f"{METERS_PATH}/{meter_id}", token, json={"value": 1, "resetAt": None})
     assert cleared.json() == {**meter, "value": 1, "resetAt": None}
     assert emulator.meters[0] == cleared.json()
 
@@ -393,9 +379,7 @@ def test_create_validates_each_field(
     assert emulator.meters == []
 
 
-def test_create_rejects_unknown_meter_type(
-    http: requests.Session, emulator: UsageEngineEmulator, token: str
-) -> None:
+def test_create_rejects_unknown_meter_type(http: requests.Session, emulator: UsageEngineEmulator, token: str) -> None:
     response = api(http, emulator, "POST", METERS_PATH, token, json={**METER, "meterTypeId": "nope"})
 
     assert response.status_code == 400
@@ -443,9 +427,7 @@ def test_unknown_paths_and_methods(
 
 
 @pytest.mark.parametrize("raw", [b"{not json", b'{"value": NaN}', b"[" * 100_000])
-def test_malformed_json_is_400(
-    http: requests.Session, emulator: UsageEngineEmulator, token: str, raw: bytes
-) -> None:
+def test_malformed_json_is_400(http: requests.Session, emulator: UsageEngineEmulator, token: str, raw: bytes) -> None:
     headers = {"Content-Type": "application/json"}
     response = api(http, emulator, "POST", METERS_PATH, token, data=raw, headers=headers)
 
@@ -472,9 +454,7 @@ def assert_invalid_token(response: requests.Response) -> None:
     assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
 
 
-def test_missing_or_garbage_tokens_are_401(
-    http: requests.Session, emulator: UsageEngineEmulator, token: str
-) -> None:
+def test_missing_or_garbage_tokens_are_401(http: requests.Session, emulator: UsageEngineEmulator, token: str) -> None:
     assert_invalid_token(api(http, emulator, "GET", METERS_PATH, None))
     assert_invalid_token(api(http, emulator, "GET", METERS_PATH, "garbage"))
     assert_invalid_token(api(http, emulator, "GET", METERS_PATH, token[:-4] + "AAAA"))
@@ -565,11 +545,7 @@ def test_transform_next_token_responses(
     assert second["token_type"] == "mac"
     assert third["token_type"] == "Bearer"
     assert third["expires_in"] == 3600
-    assert (
-        issued
-        == emulator.issued_tokens
-        == [first["access_token"], second["access_token"], third["access_token"]]
-    )
+    assert issued == emulator.issued_tokens == [first["access_token"], second["access_token"], third["access_token"]]
 
 
 def test_token_delay(http: requests.Session, emulator: UsageEngineEmulator) -> None:
