@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -169,6 +170,26 @@ def test_an_unreadable_token_secret_is_repaired(deployment: Deployment) -> None:
     assert deployment.stored_token()["access_token"] == deployment.emulator.issued_tokens[-1]
 
 
+def test_50_threads_on_a_cold_provider_cause_one_get_secret_value(deployment: Deployment) -> None:
+    invoke(load_event("refresher-scheduled.json"))
+    reads_before = deployment.aws.calls("GetSecretValue")
+    provider = TokenProvider.from_env()
+    barrier = threading.Barrier(50)
+    values: list[str] = []
+
+    def get() -> None:
+        barrier.wait()
+        values.append(provider.get().value)
+
+    threads = [threading.Thread(target=get) for _ in range(50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert values == [deployment.stored_token()["access_token"]] * 50
+    assert deployment.aws.calls("GetSecretValue") - reads_before == 2  # the provider's one + stored_token()
+
+
 def test_the_consumer_reads_the_token_and_the_api_accepts_it(deployment: Deployment) -> None:
     invoke(load_event("refresher-scheduled.json"))
     token = TokenProvider.from_env().get()
@@ -210,12 +231,15 @@ def expect_failure(
 
 
 @pytest.mark.usefixtures("fast_retries")
-def test_idp_down_throughout_retries_then_fails_leaving_the_token(deployment: Deployment, lambda_stdout: Read) -> None:
+@pytest.mark.parametrize("status", [500, 503])
+def test_idp_down_throughout_retries_then_fails_leaving_the_token(
+    deployment: Deployment, lambda_stdout: Read, status: int
+) -> None:
     good = seed_good_token(deployment)
-    deployment.emulator.fail_next_token_requests(10, 503)
+    deployment.emulator.fail_next_token_requests(10, status)
     error = expect_failure(deployment, lambda_stdout, load_event("refresher-forced.json"), IdpUnavailableError)
     assert isinstance(error.cause, IdpUnavailableError)
-    assert error.cause.status == 503
+    assert error.cause.status == status
     assert error.cause.attempts == 4
     assert deployment.emulator.token_requests == 1 + 4
     assert deployment.stored_token() == good
