@@ -29,22 +29,18 @@ give each its own execution environment.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import socket
-import socketserver
-import sys
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from local.lambda_runtime import FUNCTIONS, LocalLambdaContext, load_module
+from local.loopback_http import LoopbackHTTPServer, LoopbackRequestHandler
+from local.loopback_http import Reply as _Reply
 
 _INVOKE_PATH = re.compile(r"^/2015-03-31/functions/(?P<function>[^/]+)/invocations$")
 # Lambda's own FunctionName forms: NAME, NAME:QUALIFIER, ACCOUNT:function:NAME[:Q], full ARN[:Q].
@@ -54,14 +50,6 @@ _FUNCTION_NAME = re.compile(
 )
 _INVOCATION_TYPES = frozenset({"RequestResponse", "Event", "DryRun"})
 _JSON = "application/json"
-_RequestSocket: TypeAlias = socket.socket | tuple[bytes, socket.socket]
-
-
-@dataclass(frozen=True)
-class _Reply:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 def _json_reply(status: int, document: Any, headers: tuple[tuple[str, str], ...] = ()) -> _Reply:
@@ -118,14 +106,7 @@ class LocalLambdaEndpoint:
             raise RuntimeError("endpoint already started; create a new one to serve again")
         self._server = _Server(self)
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            # A short poll keeps stop() (and so every test teardown) fast.
-            kwargs={"poll_interval": 0.05},
-            name=f"local-lambda-endpoint:{self._server.server_port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = self._server.serve_in_background("local-lambda-endpoint")
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -157,12 +138,7 @@ class LocalLambdaEndpoint:
     def __enter__(self) -> LocalLambdaEndpoint:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
 
     # -- what callers and tests read -------------------------------------------------------------
@@ -303,98 +279,22 @@ class LocalLambdaEndpoint:
         return _json_reply(200, document, headers)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; without this, Nagle + delayed ACK adds ~40 ms per call.
-    disable_nagle_algorithm = True
-    # Idle keep-alive connections are dropped eventually so abandoned clients do not pin threads.
-    timeout = 30
+class _Handler(LoopbackRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silenced: the default access log writes every request to stderr."""
+    def length_required(self) -> _Reply:
+        return _service_error(411, "LengthRequiredException", "Content-Length required")
 
-    def do_GET(self) -> None:
-        self._serve()
+    def invalid_length(self) -> _Reply:
+        return _service_error(400, "InvalidRequestContentException", "Invalid Content-Length")
 
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_PUT(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        if "Transfer-Encoding" in self.headers:
-            # Chunked bodies are not supported; the unread chunks would be parsed as the next request.
-            self.close_connection = True
-            self._send(_service_error(411, "LengthRequiredException", "Content-Length required"))
-            return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._send(_service_error(400, "InvalidRequestContentException", "Invalid Content-Length"))
-            return
-        body = self.rfile.read(length)
+    def dispatch(self, body: bytes | None) -> _Reply:
         # HTTP header names are case-insensitive; _dispatch looks them up in lower case.
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self._send(self.server.endpoint._dispatch(self.command, self.path, headers, body))
-
-    def _send(self, reply: _Reply) -> None:
-        self.send_response(reply.status)
-        for name, value in reply.headers:
-            self.send_header(name, value)
-        if reply.status != 204:
-            self.send_header("Content-Length", str(len(reply.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if reply.body:
-            self.wfile.write(reply.body)
+        return self.server.endpoint._dispatch(self.command, self.path, headers, body or b"")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(LoopbackHTTPServer):
     def __init__(self, endpoint: LocalLambdaEndpoint) -> None:
         self.endpoint = endpoint
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name, which can stall on machines without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = int(self.server_address[1])
-
-    def process_request(self, request: _RequestSocket, client_address: Any) -> None:
-        if isinstance(request, socket.socket):
-            with self._connections_lock:
-                self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: _RequestSocket) -> None:
-        if isinstance(request, socket.socket):
-            with self._connections_lock:
-                self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: _RequestSocket, client_address: Any) -> None:
-        # A client giving up mid-response (its read timeout is shorter than the handler) is normal.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            # OSError: the handler closed it in the meantime.
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        super().__init__(_Handler)

@@ -23,14 +23,10 @@ All mutable state sits behind one lock; nothing happens at import time.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
 import math
-import socket
-import socketserver
-import sys
 import threading
 import time
 import uuid
@@ -38,14 +34,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from local.loopback_http import LoopbackHTTPServer, LoopbackRequestHandler, Reply
 
 TOKEN_PATH = "/authentication/v1/oauth/token"
 METERS_PATH = "/api/usage-metering/v1/meters"
@@ -70,7 +66,6 @@ _DEFAULT_METER_TYPES: tuple[dict[str, str], ...] = (
 _CREATE_FIELDS = ("domain", "externalRef", "meterTypeId", "userId")
 _LIST_FILTERS = ("userId", "externalRef", "domain")
 _PATCH_FIELDS = frozenset({"value", "resetAt"})
-_RequestSocket: TypeAlias = socket.socket | tuple[bytes, socket.socket]
 
 
 @dataclass(frozen=True)
@@ -406,14 +401,7 @@ class UsageEngineEmulator:
         if self._server is not None:
             raise RuntimeError("emulator already started; create a new one to serve again")
         self._server = _Server(self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            # A short poll keeps stop() (and so every test teardown) fast.
-            kwargs={"poll_interval": 0.05},
-            name=f"usage-engine-emulator:{self._server.server_port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._thread = self._server.serve_in_background("usage-engine-emulator")
         return self
 
     def stop(self) -> None:
@@ -429,12 +417,7 @@ class UsageEngineEmulator:
     def __enter__(self) -> UsageEngineEmulator:
         return self if self._server is not None else self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
 
     # -- addresses and keys ----------------------------------------------------------------------
@@ -733,51 +716,24 @@ class UsageEngineEmulator:
             return _Response(204)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    # Headers and body go out in separate writes; without this, Nagle + delayed ACK adds ~40 ms per call.
-    disable_nagle_algorithm = True
-    # Idle keep-alive connections are dropped eventually so abandoned clients do not pin threads.
-    timeout = 30
+class _Handler(LoopbackRequestHandler):
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        """Silenced: the default access log writes every request to stderr."""
-
-    def do_GET(self) -> None:
+    def do_PATCH(self) -> None:  # noqa: N802 - http.server looks handlers up as do_<METHOD>
         self._serve()
 
-    def do_POST(self) -> None:
-        self._serve()
+    def length_required(self) -> Reply:
+        return _wire(_json(411, {"error": "length_required"}))
 
-    def do_PUT(self) -> None:
-        self._serve()
+    def invalid_length(self) -> Reply:
+        return _wire(_json(400, {"error": "invalid Content-Length"}))
 
-    def do_PATCH(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        if "Transfer-Encoding" in self.headers:
-            # Chunked bodies are not supported; the unread chunks would poison the connection.
-            self.close_connection = True
-            self._send(_json(411, {"error": "length_required"}))
-            return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0:
-            self.close_connection = True
-            self._send(_json(400, {"error": "invalid Content-Length"}))
-            return
-        body: bytes | None = None
+    def read_body(self, length: int) -> bytes | None:
         if length > MAX_DRAIN_BYTES:
             # The unread body would be parsed as the next request: this connection ends after the 413.
             self.close_connection = True
-        elif length > MAX_BODY_BYTES:
+            return None
+        if length > MAX_BODY_BYTES:
             # Read and drop it: closing with unread data makes the kernel send RST, and the client
             # would see "connection reset" instead of the 413.
             remaining = length
@@ -786,8 +742,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if not chunk:
                     break
                 remaining -= len(chunk)
-        else:
-            body = self.rfile.read(length)
+            return None
+        return self.rfile.read(length)
+
+    def dispatch(self, body: bytes | None) -> Reply:
         target = urlsplit(self.path)
         request = _Request(
             method=self.command,
@@ -802,63 +760,19 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:
             # A user callback (transform, on_token_issued) failed: answer, then let the server log it.
             self.close_connection = True
-            self._send(_json(500, {"error": "internal_error"}))
+            self.send_reply(_wire(_json(500, {"error": "internal_error"})))
             raise
-        self._send(response)
-
-    def _send(self, response: _Response) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        has_body = response.status != 204
-        if has_body:
-            self.send_header("Content-Type", response.content_type)
-            self.send_header("Content-Length", str(len(response.body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if has_body:
-            self.wfile.write(response.body)
+        return _wire(response)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    # Benchmarks open many connections at once; the default backlog of 5 causes SYN retries.
-    request_queue_size = 128
+def _wire(response: _Response) -> Reply:
+    # A 204 has no body, so it carries no Content-Type either.
+    if response.status == 204:
+        return Reply(response.status, response.body, response.headers)
+    return Reply(response.status, response.body, (*response.headers, ("Content-Type", response.content_type)))
 
+
+class _Server(LoopbackHTTPServer):
     def __init__(self, emulator: UsageEngineEmulator) -> None:
         self.emulator = emulator
-        self._connections: set[socket.socket] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host name, which can stall on machines without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = "127.0.0.1"
-        self.server_port = int(self.server_address[1])
-
-    def process_request(self, request: _RequestSocket, client_address: Any) -> None:
-        if isinstance(request, socket.socket):
-            with self.emulator._lock:
-                self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: _RequestSocket) -> None:
-        if isinstance(request, socket.socket):
-            with self.emulator._lock:
-                self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: _RequestSocket, client_address: Any) -> None:
-        # A client giving up mid-response (e.g. its timeout is shorter than an injected delay) is normal.
-        if isinstance(sys.exc_info()[1], ConnectionError):
-            return
-        super().handle_error(request, client_address)
-
-    def close_connections(self) -> None:
-        with self.emulator._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            # OSError: the handler closed it in the meantime.
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+        super().__init__(_Handler)
