@@ -6,13 +6,15 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import boto3
 import pytest
 
+from local import lambda_endpoint, lambda_runtime
 from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import load_module
 from local.moto_server import MotoServer
@@ -26,6 +28,50 @@ CLIENT_ID = "test-client-id"
 CLIENT_SECRET = "test-client-secret-7d1f3e9a0b52"
 
 leak_guard.forbid(CLIENT_SECRET)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leak_guard_everywhere() -> Iterator[None]:
+    """For the whole session: every emulator's client secrets and issued tokens are forbidden, and every
+    Lambda handler's return value and exception message is inspected (however the test invokes it)."""
+    patch = pytest.MonkeyPatch()
+    load = lambda_runtime.load_module
+
+    def load_guarded(function: str) -> ModuleType:
+        module = load(function)
+        module.lambda_handler = leak_guard.guard_handler(module.lambda_handler)
+        return module
+
+    # invoke() and the local Lambda endpoint both look the handler up through these names.
+    patch.setattr(lambda_runtime, "load_module", load_guarded)
+    patch.setattr(lambda_endpoint, "load_module", load_guarded)
+    init, add_client = UsageEngineEmulator.__init__, UsageEngineEmulator.add_client
+
+    def init_guarded(
+        self: UsageEngineEmulator,
+        *args: Any,
+        clients: dict[str, str] | None = None,
+        on_token_issued: Callable[[str], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for secret in (clients or {}).values():
+            leak_guard.forbid(secret)
+
+        def issued(token: str) -> None:
+            leak_guard.forbid(token)
+            if on_token_issued is not None:
+                on_token_issued(token)
+
+        init(self, *args, clients=clients, on_token_issued=issued, **kwargs)
+
+    def add_client_guarded(self: UsageEngineEmulator, client_id: str, client_secret: str) -> None:
+        leak_guard.forbid(client_secret)
+        add_client(self, client_id, client_secret)
+
+    patch.setattr(UsageEngineEmulator, "__init__", init_guarded)
+    patch.setattr(UsageEngineEmulator, "add_client", add_client_guarded)
+    yield
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
+    DeadLetterError,
     DeadLetterQueue,
     MessageOutcome,
     MeterEventHandler,
@@ -32,7 +33,9 @@ SERVICE = "meter-events"
 logger = Logger(service=SERVICE)
 metrics = Metrics(namespace="UsageEngine", service=SERVICE)
 tracer = Tracer(service=SERVICE)
-processor = BatchProcessor(event_type=EventType.SQS)
+# With ReportBatchItemFailures, a batch whose every record failed is still a normal answer (all listed as
+# failures, all redelivered), not a function error with tracebacks and an Errors alarm.
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -48,9 +51,18 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     def record_handler(record: SQSRecord) -> str:
         try:
             outcome = handler.handle(record.body, record.message_id)
-        except RetryableMessageError as error:
+        except (RetryableMessageError, DeadLetterError) as error:
+            # DeadLetterError: the record could not be parked in the dead-letter queue, so SQS keeps it.
             metrics.add_metric(name="MeterEventsRetried", unit=MetricUnit.Count, value=1)
             logger.warning("Meter event will be retried", extra={"message_id": record.message_id, "error": str(error)})
+            raise
+        except Exception as error:
+            # Not a failure the layer knows: SQS redelivers the record; say so without the exception's text.
+            metrics.add_metric(name="MeterEventsRetried", unit=MetricUnit.Count, value=1)
+            logger.error(
+                "Meter event failed unexpectedly and will be retried",
+                extra={"message_id": record.message_id, "error_type": type(error).__name__},
+            )
             raise
         _record(outcome, record.message_id)
         return outcome.action

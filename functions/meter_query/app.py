@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
     AuthenticationError,
+    SecretStoreError,
     TokenUnavailableError,
     UsageEngineApiError,
     UsageEngineClient,
@@ -32,12 +33,22 @@ metrics = Metrics(namespace="UsageEngine", service=SERVICE)
 tracer = Tracer(service=SERVICE)
 app = APIGatewayHttpResolver()
 
-_USER_ID = re.compile(r"^[A-Za-z0-9._@:+\-]{1,128}$")
+# Throttling and connection trouble pass; AccessDenied or a KMS failure needs an operator.
+TRANSIENT_SECRET_STORE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "InternalServiceError",
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+    }
+)
+_USER_ID = re.compile(r"[A-Za-z0-9._@:+\-]{1,128}")
 
 
 @app.get("/users/<user_id>/meters")
 def list_user_meters(user_id: str) -> Response[dict[str, Any]]:
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         return _error(400, "invalid_user_id", "userId must be 1-128 characters of letters, digits and . _ @ : + -")
     try:
         meters = UsageMeteringApi(UsageEngineClient.from_env()).list_meters(userId=user_id)
@@ -60,7 +71,10 @@ def _map_error(error: UsageEngineError) -> Response[dict[str, Any]]:
     if isinstance(error, TokenUnavailableError):
         logger.error("No Usage Engine token", extra={"error": str(error)})
         return _error(503, "token_unavailable", "no valid Usage Engine token right now; retry shortly")
-    # Configuration and Secrets Manager errors: the service is broken, not the request.
+    if isinstance(error, SecretStoreError) and error.code in TRANSIENT_SECRET_STORE_CODES:
+        logger.warning("Secrets Manager unavailable", extra={"error": str(error)})
+        return _error(503, "secrets_unavailable", "the token store is busy or unreachable; retry shortly")
+    # Configuration and other Secrets Manager errors (access, KMS): the service is broken, not the request.
     logger.error("Meter query failed", extra={"error_type": type(error).__name__, "error": str(error)})
     return _error(500, "internal_error", "the service is misconfigured or its secrets are unreachable")
 

@@ -165,7 +165,7 @@ class UsageEngineClient:
                     return token
             if result != "busy":
                 break
-            self._sleep(random.uniform(0, BUSY_BASE_DELAY_SECONDS * 2**attempt))  # noqa: S311 - jitter
+            self._sleep(random.uniform(0, BUSY_BASE_DELAY_SECONDS * 2**attempt))  # noqa: S311  # nosec B311 - jitter, not cryptography
         raise TokenUnavailableError(f"no valid token after asking the refresher ({reason}): {last_problem}")
 
 
@@ -173,7 +173,7 @@ def _safe_reason(response: requests.Response) -> str:
     """A short reason from an error body, only if it looks like a code or a plain sentence."""
     try:
         body = response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         for key in ("error", "message", "errorMessage"):
@@ -186,7 +186,7 @@ def _safe_reason(response: requests.Response) -> str:
 def _json(response: requests.Response, path: str) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UsageEngineApiError("GET", path, response.status_code, "the answer is not JSON") from None
 
 

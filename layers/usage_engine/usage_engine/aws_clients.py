@@ -13,11 +13,12 @@ if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
 
-# Standard retry mode: exponential backoff with jitter on throttling and 5xx, bounded attempts.
+# Standard retry mode: exponential backoff with jitter on throttling and 5xx. At most 4 requests
+# (total_max_attempts counts requests), so the backoff stays under ~7 s, well inside the functions' timeouts.
 SECRETS_MANAGER_CONFIG = Config(
     connect_timeout=3,
     read_timeout=5,
-    retries={"mode": "standard", "max_attempts": 5},
+    retries={"mode": "standard", "total_max_attempts": 4},
 )
 
 

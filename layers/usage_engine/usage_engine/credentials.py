@@ -25,7 +25,7 @@ def parse_credentials(secret_string: str) -> ClientCredentials:
     """Parse the credentials secret; errors name the field, never its value."""
     try:
         data = json.loads(secret_string)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise CredentialsError("(document)", "is not valid JSON") from None
     if not isinstance(data, dict):
         raise CredentialsError("(document)", "is not a JSON object")

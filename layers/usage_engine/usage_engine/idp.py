@@ -14,7 +14,7 @@ from .clock import Clock, system_clock
 from .credentials import ClientCredentials
 from .errors import IdpRejectedError, IdpUnavailableError, TokenResponseError
 from .retrying_http import attempts_of, bounded_retry, describe_failure, retrying_session
-from .token import AccessToken
+from .token import BEARER_TOKEN_CHARS, AccessToken
 
 CONNECT_TIMEOUT_SECONDS = 3.05
 READ_TIMEOUT_SECONDS = 10.0
@@ -23,9 +23,7 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # A token response is a few hundred bytes; anything far larger is not a token and is not read into memory.
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_EXPIRES_IN_SECONDS = 24 * 3600
-_SAFE_ERROR_CODE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-# RFC 6750 token characters: anything else could not travel in an Authorization header.
-_TOKEN_CHARS = re.compile(r"^[A-Za-z0-9\-._~+/]+=*$")
+_SAFE_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def token_request_retry(max_retries: int = MAX_RETRIES, backoff_factor: float = 0.5) -> Retry:
@@ -100,14 +98,14 @@ def parse_token_response(body: bytes, *, sent_at: float, audience: str, status: 
     """Validate the IdP's success body strictly; a bad token must never reach the token secret."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         raise TokenResponseError("body is not JSON", status=status) from None
     if not isinstance(data, dict):
         raise TokenResponseError("body is not a JSON object", status=status)
     value = data.get("access_token")
     if not isinstance(value, str) or not value:
         raise TokenResponseError("access_token is missing or empty", status=status)
-    if not _TOKEN_CHARS.match(value):
+    if not BEARER_TOKEN_CHARS.fullmatch(value):
         raise TokenResponseError("access_token has characters a bearer token cannot have", status=status)
     token_type = data.get("token_type")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
@@ -155,7 +153,7 @@ def _error_code(body: bytes) -> str | None:
     """The OAuth `error` code of an error body, only when it looks like a code (never echo free text)."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
     code = data.get("error") if isinstance(data, dict) else None
-    return code if isinstance(code, str) and _SAFE_ERROR_CODE.match(code) else None
+    return code if isinstance(code, str) and _SAFE_ERROR_CODE.fullmatch(code) else None

@@ -61,7 +61,7 @@ def parse_meter_event(body: str) -> MeterCommand:
     """Parse an SQS body holding an EventBridge event; MalformedMessageError names what is wrong."""
     try:
         event = json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise MalformedMessageError("body is not JSON") from None
     if not isinstance(event, dict):
         raise MalformedMessageError("body is not a JSON object")
@@ -84,7 +84,7 @@ def parse_meter_event(body: str) -> MeterCommand:
     changes: dict[str, Any] = {}
     if "value" in detail:
         value = detail["value"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
             raise MalformedMessageError("detail.value must be a finite number")
         changes["value"] = value
     if "resetAt" in detail:
@@ -95,6 +95,13 @@ def parse_meter_event(body: str) -> MeterCommand:
     if not changes:
         raise MalformedMessageError("Update Meter needs detail.value and/or detail.resetAt")
     return UpdateMeter(ref, changes)
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float range (JSON allows 400-digit numbers) is no meter reading
+        return False
 
 
 def _text(detail: dict[str, Any], name: str) -> str:

@@ -102,7 +102,7 @@ def _meter_path(meter_id: str) -> str:
 def _json(response: Any) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UsageEngineApiError(
             response.request.method, response.request.path_url, response.status_code, "the answer is not JSON"
         ) from None

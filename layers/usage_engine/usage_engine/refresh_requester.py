@@ -47,7 +47,7 @@ class LambdaRefreshRequester:
             raise RefreshUnavailableError(f"the token refresher failed: {_error_type(body)}")
         try:
             result = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise RefreshUnavailableError("the token refresher returned a non-JSON answer") from None
         return "refreshed" if isinstance(result, dict) and result.get("refreshed") is True else "skipped"
 
@@ -56,7 +56,7 @@ def _error_type(body: bytes) -> str:
     # The refresher's error messages are secret-free by design, but only the type is needed here.
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return "unknown error"
     error_type = data.get("errorType") if isinstance(data, dict) else None
     return error_type if isinstance(error_type, str) and error_type.isidentifier() else "unknown error"

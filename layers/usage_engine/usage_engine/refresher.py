@@ -10,14 +10,14 @@ from typing import Any
 from .aws_clients import secrets_manager_client
 from .clock import Clock, system_clock
 from .credentials import ClientCredentials, parse_credentials
-from .errors import CredentialsError, RefreshRequestError, UsageEngineError
+from .errors import CredentialsError, RefreshRequestError, SecretStoreError, UsageEngineError
 from .idp import ClientCredentialsExchange
-from .secrets_manager import SecretsManagerSecret
+from .secrets_manager import SECRET_BINARY_NOT_SUPPORTED, SecretsManagerSecret
 from .settings import RefresherSettings
 from .token_store import StoredToken, TokenStore
 
 REASONS = ("scheduled", "expired", "rejected", "forced")
-_FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class RefreshRequest:
             raise RefreshRequestError(f"reason must be one of {', '.join(REASONS)}")
         token_fingerprint = event.get("token_fingerprint")
         if reason == "rejected":
-            if not isinstance(token_fingerprint, str) or not _FINGERPRINT.match(token_fingerprint):
+            if not isinstance(token_fingerprint, str) or not _FINGERPRINT.fullmatch(token_fingerprint):
                 raise RefreshRequestError("reason 'rejected' needs token_fingerprint (16 lowercase hex)")
             return cls(reason, token_fingerprint)
         return cls(reason)
@@ -113,7 +113,12 @@ class CredentialsSource:
         self._secret = secret
 
     def load(self) -> ClientCredentials:
-        raw = self._secret.read()
+        try:
+            raw = self._secret.read()
+        except SecretStoreError as error:
+            if error.code != SECRET_BINARY_NOT_SUPPORTED:
+                raise
+            raise CredentialsError("(document)", "is a binary value, not a JSON string") from None
         if raw is None:
             raise CredentialsError("(secret)", f"{self._secret.secret_id} has no value yet")
         return parse_credentials(raw)

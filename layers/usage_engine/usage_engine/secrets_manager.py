@@ -12,6 +12,9 @@ from .errors import SecretStoreError
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
+# The SecretStoreError code for a secret that holds SecretBinary (this layer reads JSON strings only).
+SECRET_BINARY_NOT_SUPPORTED = "SecretBinaryNotSupported"
+
 
 class SecretsManagerSecret:
     def __init__(self, client: SecretsManagerClient, secret_id: str) -> None:
@@ -32,7 +35,7 @@ class SecretsManagerSecret:
             raise SecretStoreError("GetSecretValue", self.secret_id, type(error).__name__) from None
         value = response.get("SecretString")
         if value is None:
-            raise SecretStoreError("GetSecretValue", self.secret_id, "SecretBinaryNotSupported")
+            raise SecretStoreError("GetSecretValue", self.secret_id, SECRET_BINARY_NOT_SUPPORTED)
         return value
 
     def write(self, secret_string: str) -> str:

@@ -22,12 +22,16 @@ DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS = 60
 
 def validate_url(url: str, *, variable: str) -> str:
     """Accept https URLs anywhere, plain http only on loopback (local emulators and tests)."""
-    parts = urlsplit(url)
-    if not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # e.g. "Invalid IPv6 URL" for an unbalanced "["
+        raise ConfigurationError(variable, "is not a valid URL") from None
+    if not hostname:
         raise ConfigurationError(variable, "is not an absolute URL with a host")
     if parts.scheme == "https":
         return url
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and _is_loopback(hostname):
         return url
     raise ConfigurationError(variable, "must use https:// (http:// is accepted only for loopback hosts)")
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TokenFormatError
 
 FINGERPRINT_LENGTH = 16
+# RFC 6750 b64token: anything else could not travel in an Authorization header. Always fullmatch: `$` would
+# accept a trailing newline.
+BEARER_TOKEN_CHARS = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 def fingerprint(token_value: str) -> str:
@@ -65,11 +69,13 @@ def decode_token(secret_string: str) -> AccessToken:
     """Parse the token secret; extra fields are ignored, wrong or missing ones raise TokenFormatError."""
     try:
         data = json.loads(secret_string)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise TokenFormatError("(document)", "is not valid JSON") from None
     if not isinstance(data, dict):
         raise TokenFormatError("(document)", "is not a JSON object")
     value = _string(data, "access_token", required=True)
+    if not BEARER_TOKEN_CHARS.fullmatch(value):
+        raise TokenFormatError("access_token", "has characters a bearer token cannot have")
     token_type = _string(data, "token_type", required=True)
     if token_type.lower() != "bearer":
         raise TokenFormatError("token_type", "must be Bearer")

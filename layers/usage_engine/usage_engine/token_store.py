@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import TokenFormatError
-from .secrets_manager import SecretsManagerSecret
+from .errors import SecretStoreError, TokenFormatError
+from .secrets_manager import SECRET_BINARY_NOT_SUPPORTED, SecretsManagerSecret
 from .token import AccessToken, decode_token, encode_token
 
 
@@ -31,7 +31,13 @@ class TokenStore:
 
     def load(self) -> StoredToken:
         """Read the current token. A malformed secret is reported, not raised: it is repaired by a refresh."""
-        raw = self._secret.read()
+        try:
+            raw = self._secret.read()
+        except SecretStoreError as error:
+            if error.code != SECRET_BINARY_NOT_SUPPORTED:
+                raise
+            # Edited by hand into a binary value: as unreadable as malformed JSON, and repaired the same way.
+            return StoredToken(None, "unreadable (a binary value, not a JSON string)")
         if raw is None:
             return StoredToken(None, "missing")
         try:
