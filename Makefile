@@ -16,7 +16,7 @@ CHECKS_STAMP := $(CHECKS_VENV)/.installed-$(shell sha256sum requirements-checks.
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials clean
+.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 	rm -rf $(VENV)
@@ -49,7 +49,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy --strict layers/usage_engine/usage_engine
 	for fn in functions/*/; do $(BIN)/mypy --strict "$$fn"app.py; done
-	$(BIN)/mypy --strict tools/set_credentials.py
+	$(BIN)/mypy --strict tools/set_credentials.py tools/render_reliability.py
 
 template-check: venv checkov
 	$(BIN)/cfn-lint template.yaml
@@ -91,6 +91,14 @@ destroy: venv
 set-credentials: venv
 	@test -n "$(FILE)" || { echo "usage: make set-credentials FILE=application-access.json [STACK=$(STACK)]" >&2; exit 2; }
 	PYTHONPATH=layers/usage_engine $(BIN)/python -m tools.set_credentials --file "$(FILE)" --stack "$(STACK)"
+
+## Rewrite docs/reliability.md from the fault matrix (tests/reliability/matrix.py); `make test` fails while it is stale.
+reliability-doc: venv
+	$(BIN)/python tools/render_reliability.py
+
+## Static security checks alone (also part of `make test`): bandit on layers/ and functions/, pip-audit on the layer's pins.
+security: venv
+	$(BIN)/python -m pytest tests/security -rs
 
 clean:
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache
