@@ -12,11 +12,15 @@ STACK ?= usage-engine-token-bundle
 # checkov has its own pinned virtualenv: its boto3/botocore pins conflict with aws-sam-cli's in .venv.
 CHECKS_VENV := $(VENV)/checks
 CHECKS_STAMP := $(CHECKS_VENV)/.installed-$(shell sha256sum requirements-checks.txt | cut -c1-12)
+# Lambda's Python (3.13) compiles the layer's bytecode at build time when this machine has it (else the layer
+# ships sources only and every cold start compiles them; see benchmarks/RESULTS.md, section 4).
+export LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
+	"$$p" -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
 # Template checks run offline: a region is needed, credentials are not.
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security clean
+.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 	rm -rf $(VENV)
@@ -99,6 +103,18 @@ reliability-doc: venv
 ## Static security checks alone (also part of `make test`): bandit on layers/ and functions/, pip-audit on the layer's pins.
 security: venv
 	$(BIN)/python -m pytest tests/security -rs
+
+## Benchmarks and the fleet simulation (issue 6): rewrites benchmarks/RESULTS.md (about 4 minutes on 2 cores).
+bench: venv
+	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --output benchmarks/RESULTS.md
+
+## Every benchmark at small sizes (under a minute); prints the report instead of writing RESULTS.md.
+bench-smoke: venv
+	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --quick
+
+## The simulated day (issue 5) alone; it is also printed at the end of `make test`.
+day: venv
+	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
 
 clean:
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections import Counter
@@ -10,8 +11,8 @@ from typing import Any, Protocol
 import requests
 
 from .aws_clients import lambda_client
-from .clock import Sleep, system_sleep
-from .errors import AuthenticationError, TokenUnavailableError, UsageEngineApiError
+from .clock import Clock, Sleep, system_clock, system_sleep
+from .errors import AuthenticationError, RefreshUnavailableError, TokenUnavailableError, UsageEngineApiError
 from .provider import TokenProvider, shared_provider
 from .refresh_requester import LambdaRefreshRequester, RefreshResult
 from .retrying_http import bounded_retry, describe_failure, retrying_session
@@ -28,6 +29,16 @@ RETRY_STATUSES = (429, 502, 503, 504)
 # When the refresher is busy (reserved concurrency 1), wait with jitter and re-read the secret.
 BUSY_ATTEMPTS = 6
 BUSY_BASE_DELAY_SECONDS = 0.25
+# After an on-demand refresh ended without a usable token, this container does not ask the refresher again for
+# a jittered 50-100% of this: its invocations still read the secret (and so pick up a token the schedule or
+# another container stored) but fail fast. Without it, during an IdP outage longer than a token's lifetime every
+# invocation runs the whole busy loop (up to 6 GetSecretValue and 12 Invoke calls): at fleet scale that nears
+# the account's GetSecretValue quota (benchmarks/RESULTS.md, section 6).
+REFRESH_HOLD_OFF_SECONDS = 30.0
+# After a 401, wait a random 0..this before re-reading the secret. A revocation reaches every container holding
+# the token within the same moment: spread out, most re-reads come after the first refresh has stored a new
+# token, so they need no refresher call (10,000 containers: 1.5 -> 1.1 reads each, slowest recovery 2.9 -> 1.5 s).
+REJECTED_REREAD_JITTER_SECONDS = 0.5
 _SAFE_REASON_LENGTH = 120
 
 
@@ -53,6 +64,7 @@ class UsageEngineClient:
         timeout: tuple[float, float] = (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS),
         sleep: Sleep = system_sleep,
         busy_attempts: int = BUSY_ATTEMPTS,
+        clock: Clock = system_clock,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.tokens = tokens
@@ -61,6 +73,8 @@ class UsageEngineClient:
         self._timeout = timeout
         self._sleep = sleep
         self._busy_attempts = busy_attempts
+        self._clock = clock
+        self._hold_off_until = -math.inf
         self._calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
 
@@ -130,6 +144,7 @@ class UsageEngineClient:
 
     def _replace_rejected(self, method: str, path: str, rejected: AccessToken) -> AccessToken:
         self.tokens.invalidate(rejected)
+        self._sleep(random.uniform(0, REJECTED_REREAD_JITTER_SECONDS))  # noqa: S311  # nosec B311 - jitter
         try:
             current = self.tokens.get()
             if current.value != rejected.value:
@@ -147,13 +162,29 @@ class UsageEngineClient:
         return token
 
     def _refresh_and_read(self, reason: str, rejected: AccessToken | None) -> AccessToken:
-        """Ask the refresher, then read the secret; while it is busy, back off with full jitter and re-read."""
-        if self._refresher is None:
+        """Ask the refresher, then read the secret; while it is busy, back off with full jitter and re-read.
+
+        When that ends without a token, the next calls within the hold-off fail fast instead of asking again.
+        """
+        refresher = self._refresher
+        if refresher is None:
             raise TokenUnavailableError("no valid token and on-demand refresh is off (TOKEN_REFRESHER_FUNCTION)")
+        if self._clock() < self._hold_off_until:
+            raise TokenUnavailableError(f"no valid token; an on-demand refresh ({reason}) failed moments ago")
+        try:
+            return self._ask_refresher_and_read(refresher, reason, rejected)
+        except (TokenUnavailableError, RefreshUnavailableError):
+            jitter = random.uniform(0.5, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
+            self._hold_off_until = self._clock() + jitter * REFRESH_HOLD_OFF_SECONDS
+            raise
+
+    def _ask_refresher_and_read(
+        self, refresher: RefreshRequester, reason: str, rejected: AccessToken | None
+    ) -> AccessToken:
         fingerprint = rejected.fingerprint if rejected is not None else None
         last_problem = "the refresher did not produce a token"
         for attempt in range(self._busy_attempts):
-            result = self._refresher.request(reason, fingerprint)
+            result = refresher.request(reason, fingerprint)
             if rejected is not None:
                 self.tokens.invalidate(rejected)
             try:
