@@ -14,8 +14,10 @@ CHECKS_VENV := $(VENV)/checks
 CHECKS_STAMP := $(CHECKS_VENV)/.installed-$(shell sha256sum requirements-checks.txt | cut -c1-12)
 # Lambda's Python (3.13) compiles the layer's bytecode at build time when this machine has it (else the layer
 # ships sources only and every cold start compiles them; see benchmarks/RESULTS.md, section 4).
-export LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
+LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
 	"$$p" -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
+# Expanded once here, not again for every recipe line that inherits it.
+export LAMBDA_PYTHON := $(LAMBDA_PYTHON)
 # Template checks run offline: a region is needed, credentials are not.
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
