@@ -185,29 +185,40 @@ class LambdaOutput:
         return None
 
 
+HANDLER_FUNCTIONS = ("token_refresher", "meter_events", "meter_query")
+
+
 @pytest.fixture
-def lambda_stdout(capsys: pytest.CaptureFixture[str]) -> Iterator[Any]:
-    """Read what the refresher handler printed: its JSON log lines and its EMF metric documents."""
-    module = load_module("token_refresher")
-    # The Logger's own handler holds whatever stdout existed when the module was imported, so a second
-    # handler with the same formatter copies every log line here.
+def lambda_stdout(request: pytest.FixtureRequest) -> Iterator[Callable[[], LambdaOutput]]:
+    """Read what the handlers printed: their Powertools JSON log lines and EMF metric documents, leak-checked.
+
+    The modules are loaded before capsys starts, so their loggers keep the session's capture stream (not one
+    that closes with this test); a copy handler with the same formatter collects every log line here.
+    """
+    modules = [load_module(name) for name in HANDLER_FUNCTIONS]
     buffer = io.StringIO()
-    copy = logging.StreamHandler(buffer)
-    copy.setFormatter(module.logger.registered_handler.formatter)
-    module.logger.addHandler(copy)
+    copies: list[tuple[Any, logging.Handler]] = []
+    for module in modules:
+        copy = logging.StreamHandler(buffer)
+        copy.setFormatter(module.logger.registered_handler.formatter)
+        module.logger.addHandler(copy)
+        copies.append((module.logger, copy))
+    capsys: pytest.CaptureFixture[str] = request.getfixturevalue("capsys")
 
     def read() -> LambdaOutput:
-        text = capsys.readouterr().out + buffer.getvalue()
+        captured = capsys.readouterr()
+        text = captured.out + captured.err + buffer.getvalue()
         buffer.seek(0)
         buffer.truncate()
         # capsys took this text away from the leak guard's report scan, so it is scanned here.
         leaks = leak_guard.find_leaks(text)
-        assert not leaks, f"secret values (sha256 prefixes {leaks}) in the function's output"
+        assert not leaks, f"secret values (sha256 prefixes {leaks}) in the functions' output"
         lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         return LambdaOutput(lines)
 
     yield read
-    module.logger.removeHandler(copy)
+    for logger, copy in copies:
+        logger.removeHandler(copy)
 
 
 REFRESHER_NAME = "token-refresher"

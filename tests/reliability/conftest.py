@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import json
-import logging
 import socket
 import struct
 import threading
@@ -16,15 +14,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSPreparedRequest, AWSResponse
 
-from local.lambda_runtime import load_module
-from tests import leak_guard
 from tests.conftest import LambdaOutput
 
 # --- backoff: every sleep urllib3 (HTTP retries) and botocore (SDK retries) would take, taken instantly --------
@@ -212,36 +207,8 @@ def resetting_port() -> Iterator[int]:
 
 # --- what the handlers logged and measured --------------------------------------------------------------------
 
-FUNCTIONS = ("token_refresher", "meter_events")
-
 
 @pytest.fixture
-def function_output(request: pytest.FixtureRequest) -> Iterator[Callable[[], LambdaOutput]]:
-    """Log lines and EMF metric documents of the refresher and meter_events handlers, leak-checked.
-
-    The modules are loaded before capsys starts, so their Powertools loggers keep the session's capture
-    stream; a copy handler on each logger collects the lines for assertions.
-    """
-    modules: list[ModuleType] = [load_module(name) for name in FUNCTIONS]
-    buffer = io.StringIO()
-    copies: list[tuple[Any, logging.Handler]] = []
-    for module in modules:
-        copy = logging.StreamHandler(buffer)
-        copy.setFormatter(module.logger.registered_handler.formatter)
-        module.logger.addHandler(copy)
-        copies.append((module.logger, copy))
-    capsys: pytest.CaptureFixture[str] = request.getfixturevalue("capsys")
-
-    def read() -> LambdaOutput:
-        captured = capsys.readouterr()
-        text = captured.out + captured.err + buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        leaks = leak_guard.find_leaks(text)
-        assert not leaks, f"secret values (sha256 prefixes {leaks}) in the functions' output"
-        lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        return LambdaOutput(lines)
-
-    yield read
-    for logger, copy in copies:
-        logger.removeHandler(copy)
+def function_output(lambda_stdout: Callable[[], LambdaOutput]) -> Callable[[], LambdaOutput]:
+    """Log lines and EMF metric documents of the handlers, leak-checked (tests/conftest.py's lambda_stdout)."""
+    return lambda_stdout
