@@ -113,8 +113,8 @@ def _fresh_container() -> None:
     aws_clients.secrets_manager_client.cache_clear()
     aws_clients.lambda_client.cache_clear()
     aws_clients.sqs_client.cache_clear()
-    provider._providers.clear()
-    api_client._clients.clear()
+    provider.providers.clear()
+    api_client.clients.clear()
     refresher._exchange = None
 
 

@@ -640,7 +640,8 @@ def install_container_client(ctx: Ctx, **options: Any) -> UsageEngineClient:
         refresher=LambdaRefreshRequester(lambda_client(), refresher_function),
         **options,
     )
-    ctx.monkeypatch.setitem(api_client._clients, settings, client)
+    # Undone by the `aws` fixture, which clears the container's clients before every test.
+    api_client.clients.set(settings, client)
     return client
 
 

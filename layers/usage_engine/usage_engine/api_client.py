@@ -12,6 +12,7 @@ import requests
 
 from .aws_clients import lambda_client
 from .clock import Clock, Sleep, system_clock, system_sleep
+from .container import PerContainer
 from .errors import AuthenticationError, RefreshUnavailableError, TokenUnavailableError, UsageEngineApiError
 from .provider import TokenProvider, shared_provider
 from .refresh_requester import LambdaRefreshRequester, RefreshResult
@@ -221,20 +222,16 @@ def _json(response: requests.Response, path: str) -> Any:
         raise UsageEngineApiError("GET", path, response.status_code, "the answer is not JSON") from None
 
 
-_clients: dict[ConsumerSettings, UsageEngineClient] = {}
-_clients_lock = threading.Lock()
+def _new_client(settings: ConsumerSettings) -> UsageEngineClient:
+    refresher = (
+        LambdaRefreshRequester(lambda_client(), settings.refresher_function) if settings.refresher_function else None
+    )
+    return UsageEngineClient(settings.api_url, shared_provider(settings), refresher=refresher)
+
+
+# One client per settings per container (its session pools connections), sharing the container's provider.
+clients: PerContainer[ConsumerSettings, UsageEngineClient] = PerContainer(_new_client)
 
 
 def shared_client(settings: ConsumerSettings) -> UsageEngineClient:
-    """One client per settings per container, sharing the container's TokenProvider."""
-    with _clients_lock:
-        client = _clients.get(settings)
-        if client is None:
-            refresher = (
-                LambdaRefreshRequester(lambda_client(), settings.refresher_function)
-                if settings.refresher_function
-                else None
-            )
-            client = UsageEngineClient(settings.api_url, shared_provider(settings), refresher=refresher)
-            _clients[settings] = client
-        return client
+    return clients.get(settings)

@@ -6,6 +6,7 @@ import threading
 
 from .aws_clients import secrets_manager_client
 from .clock import Clock, system_clock
+from .container import PerContainer
 from .errors import TokenUnavailableError
 from .secrets_manager import SecretsManagerSecret
 from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS, ConsumerSettings
@@ -71,16 +72,14 @@ class TokenProvider:
             return False
 
 
-_providers: dict[ConsumerSettings, TokenProvider] = {}
-_providers_lock = threading.Lock()
+def _new_provider(settings: ConsumerSettings) -> TokenProvider:
+    store = TokenStore(SecretsManagerSecret(secrets_manager_client(), settings.token_secret_id))
+    return TokenProvider(store, expiry_skew_seconds=settings.token_expiry_skew_seconds)
+
+
+# One provider per settings per container, so the cache survives warm invocations.
+providers: PerContainer[ConsumerSettings, TokenProvider] = PerContainer(_new_provider)
 
 
 def shared_provider(settings: ConsumerSettings) -> TokenProvider:
-    """One provider per settings per container, so the cache survives warm invocations."""
-    with _providers_lock:
-        provider = _providers.get(settings)
-        if provider is None:
-            store = TokenStore(SecretsManagerSecret(secrets_manager_client(), settings.token_secret_id))
-            provider = TokenProvider(store, expiry_skew_seconds=settings.token_expiry_skew_seconds)
-            _providers[settings] = provider
-        return provider
+    return providers.get(settings)
