@@ -30,13 +30,13 @@ from local.lambda_runtime import invoke, load_event, load_module
 from local.moto_server import MotoServer
 from local.resources import create_resources, publish_meter_events
 from local.sqs_event_source import SqsEventSource
+from local.stack import REFRESHER_FUNCTION, LocalEndpoints, shared_environment
 from local.usage_engine_emulator import UsageEngineEmulator
-from usage_engine import LambdaRefreshRequester, TokenProvider, TokenStore, UsageEngineClient, UsageEngineError
-from usage_engine.aws_clients import LAMBDA_CONFIG, SECRETS_MANAGER_CONFIG
-from usage_engine.secrets_manager import SecretsManagerSecret
+from usage_engine import Components, ConsumerSettings, TokenProvider, UsageEngineError
+from usage_engine.metering import METERS_PATH
 
 CLIENT_ID = "demo-application"
-REFRESHER = "token-refresher"
+REFRESHER = REFRESHER_FUNCTION
 
 
 @dataclass
@@ -131,19 +131,11 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
 
         story.step("The stack's resources exist (as template.yaml creates them); an operator stores the credentials")
         resources = create_resources()
-        os.environ.update(
-            {
-                "CREDENTIALS_SECRET_ID": resources.credentials_secret,
-                "TOKEN_SECRET_ID": resources.token_secret,
-                "USAGE_ENGINE_TOKEN_URL": usage_engine.token_url,
-                "USAGE_ENGINE_AUDIENCE": usage_engine.audience,
-                "USAGE_ENGINE_API_URL": usage_engine.base_url,
-                "REFRESH_MARGIN_SECONDS": "1200",
-                "TOKEN_REFRESHER_FUNCTION": REFRESHER,
-                "DEAD_LETTER_QUEUE_URL": resources.dead_letter_queue_url,
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            }
+        # The functions' environment as template.yaml defines it, pointed at the emulators.
+        endpoints = LocalEndpoints(
+            usage_engine.token_url, usage_engine.audience, usage_engine.base_url, resources.dead_letter_queue_url
         )
+        os.environ.update(shared_environment(endpoints))
         sm = boto3.client("secretsmanager")
         sm.put_secret_value(
             SecretId=resources.credentials_secret,
@@ -197,12 +189,12 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         story.step("A consumer reads the token through the layer's TokenProvider and calls the Usage Metering API")
         token = TokenProvider.from_env().get()
         response = requests.get(
-            f"{usage_engine.base_url}/api/usage-metering/v1/meters",
+            usage_engine.base_url + METERS_PATH,
             headers={"Authorization": token.authorization},
             timeout=5,
         )
         story.say(
-            f"   GET /api/usage-metering/v1/meters with token {token.fingerprint} -> HTTP {response.status_code}, "
+            f"   GET {METERS_PATH} with token {token.fingerprint} -> HTTP {response.status_code}, "
             f"{len(response.json().get('meters', []))} meters"
         )
 
@@ -261,7 +253,7 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         usage_engine.revoke_all_tokens()
         statuses: list[int | str] = []
         threads = [
-            threading.Thread(target=lambda: statuses.append(_container_call(usage_engine.base_url))) for _ in range(10)
+            threading.Thread(target=lambda: statuses.append(_container_call())) for _ in range(10)
         ]
         with output.capture():
             for thread in threads:
@@ -322,14 +314,11 @@ def _create(ref: str, user: str, meter_type: str) -> dict[str, Any]:
     return {"domain": "acme", "externalRef": ref, "meterTypeId": meter_type, "userId": user}
 
 
-def _container_call(base_url: str) -> int | str:
+def _container_call() -> int | str:
     """One more Lambda container: its own boto3 clients, token cache and HTTP session."""
-    secrets_client = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-    tokens = TokenProvider(TokenStore(SecretsManagerSecret(secrets_client, os.environ["TOKEN_SECRET_ID"])))
-    refresher = LambdaRefreshRequester(boto3.client("lambda", config=LAMBDA_CONFIG), REFRESHER)
-    client = UsageEngineClient(base_url, tokens, refresher=refresher)
+    client = Components().client(ConsumerSettings.from_env())
     try:
-        return client.request("GET", "/api/usage-metering/v1/meters").status_code
+        return client.request("GET", METERS_PATH).status_code
     except UsageEngineError as error:
         return type(error).__name__
 

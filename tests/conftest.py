@@ -19,6 +19,7 @@ from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import load_module
 from local.moto_server import MotoServer
 from local.resources import CREDENTIALS_SECRET, TOKEN_SECRET, LocalResources, create_resources
+from local.stack import REFRESHER_FUNCTION, LocalEndpoints, shared_environment
 from local.usage_engine_emulator import UsageEngineEmulator
 from tests import leak_guard
 
@@ -108,14 +109,9 @@ def aws(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> MotoServer:
 
 def _fresh_container() -> None:
     # What a new Lambda container starts with: no cached clients, providers or sessions.
-    from usage_engine import api_client, aws_clients, provider, refresher
+    from usage_engine import reset_components
 
-    aws_clients.secrets_manager_client.cache_clear()
-    aws_clients.lambda_client.cache_clear()
-    aws_clients.sqs_client.cache_clear()
-    provider.providers.clear()
-    api_client.clients.clear()
-    refresher._exchange = None
+    reset_components()
 
 
 @dataclass
@@ -149,17 +145,12 @@ class Deployment:
 @pytest.fixture
 def deployment(aws: MotoServer, emulator: UsageEngineEmulator, monkeypatch: pytest.MonkeyPatch) -> Deployment:
     resources = create_resources()
-    env = {
-        "CREDENTIALS_SECRET_ID": CREDENTIALS_SECRET,
-        "TOKEN_SECRET_ID": TOKEN_SECRET,
-        "USAGE_ENGINE_TOKEN_URL": emulator.token_url,
-        "USAGE_ENGINE_AUDIENCE": emulator.audience,
-        "USAGE_ENGINE_API_URL": emulator.base_url,
-        "REFRESH_MARGIN_SECONDS": "1200",
-        "TOKEN_EXPIRY_SKEW_SECONDS": "60",
-        "POWERTOOLS_TRACE_DISABLED": "true",
-        "DEAD_LETTER_QUEUE_URL": resources.dead_letter_queue_url,
-    }
+    # The functions' environment as template.yaml defines it, pointed at the emulators.
+    env = shared_environment(
+        LocalEndpoints(emulator.token_url, emulator.audience, emulator.base_url, resources.dead_letter_queue_url)
+    )
+    # On-demand refresh needs the local Lambda endpoint: the `consumers` fixture turns it on.
+    env.pop("TOKEN_REFRESHER_FUNCTION")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     deployment = Deployment(aws=aws, emulator=emulator, resources=resources)
@@ -221,7 +212,7 @@ def lambda_stdout(request: pytest.FixtureRequest) -> Iterator[Callable[[], Lambd
         logger.removeHandler(copy)
 
 
-REFRESHER_NAME = "token-refresher"
+REFRESHER_NAME = REFRESHER_FUNCTION
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,6 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,17 +29,17 @@ from typing import TYPE_CHECKING, Any, TextIO
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from usage_engine.credentials import parse_credentials
-from usage_engine.errors import CredentialsError
-from usage_engine.token import fingerprint
+from usage_engine.credentials import KNOWN_KEYS, OPTIONAL_KEYS, encode_credentials, parse_credentials
+from usage_engine.errors import CredentialsError, SecretStoreError
+from usage_engine.safe_text import client_error_code
+from usage_engine.secrets_manager import SecretsManagerSecret
+from usage_engine.token_store import TokenStore
 
 if TYPE_CHECKING:  # boto3-stubs: typing only
     from mypy_boto3_cloudformation import CloudFormationClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient as SecretsClient
 
-# The keys the refresher reads (DESIGN.md section 4); the camelCase spellings are accepted on input.
-KNOWN_KEYS = {"client_id", "clientId", "client_secret", "clientSecret", "audience", "token_url"}
 FORCED = {"reason": "forced"}
 INVOKE_ATTEMPTS = 5
 MAX_FILE_BYTES = 64 * 1024
@@ -92,18 +91,10 @@ def load_credentials(path: Path) -> CredentialsDocument:
         credentials = parse_credentials(text)
     except CredentialsError as error:
         raise SetCredentialsError(f"{path}: {error.field}: {_problem(error)}") from None
-    document: dict[str, str] = {
-        "client_id": credentials.client_id,
-        "client_secret": credentials.client_secret,
-    }
-    if credentials.audience is not None:
-        document["audience"] = credentials.audience
-    if credentials.token_url is not None:
-        document["token_url"] = credentials.token_url
     return CredentialsDocument(
-        body=json.dumps(document),
+        body=encode_credentials(credentials),
         ignored_keys=tuple(sorted(str(key) for key in data if key not in KNOWN_KEYS)),
-        optional_keys=tuple(key for key in ("audience", "token_url") if key in document),
+        optional_keys=tuple(key for key in OPTIONAL_KEYS if getattr(credentials, key) is not None),
     )
 
 
@@ -130,7 +121,7 @@ def _stack_outputs(client: CloudFormationClient, stack: str) -> dict[str, str]:
     try:
         stacks = client.describe_stacks(StackName=stack)["Stacks"]
     except ClientError as error:
-        raise SetCredentialsError(f"cannot describe stack {stack}: {_code(error)}") from None
+        raise SetCredentialsError(f"cannot describe stack {stack}: {client_error_code(error)}") from None
     except BotoCoreError as error:
         raise SetCredentialsError(f"cannot describe stack {stack}: {type(error).__name__}") from None
     if not stacks:
@@ -141,14 +132,9 @@ def _stack_outputs(client: CloudFormationClient, stack: str) -> dict[str, str]:
 def store(secrets: SecretsClient, secret_id: str, document: CredentialsDocument) -> str:
     """PutSecretValue: the new version becomes AWSCURRENT at once. Returns its version id."""
     try:
-        response = secrets.put_secret_value(
-            SecretId=secret_id, SecretString=document.body, ClientRequestToken=str(uuid.uuid4())
-        )
-    except ClientError as error:
-        raise SetCredentialsError(f"PutSecretValue on {secret_id} failed: {_code(error)}") from None
-    except BotoCoreError as error:
-        raise SetCredentialsError(f"PutSecretValue on {secret_id} failed: {type(error).__name__}") from None
-    return str(response.get("VersionId", "?"))
+        return SecretsManagerSecret(secrets, secret_id).write(document.body)
+    except SecretStoreError as error:
+        raise SetCredentialsError(str(error)) from None
 
 
 def lambda_invoker(client: LambdaClient, *, sleep: Callable[[float], None] = time.sleep) -> Invoker:
@@ -164,15 +150,15 @@ def lambda_invoker(client: LambdaClient, *, sleep: Callable[[float], None] = tim
                     Payload=json.dumps(event).encode(),
                 )
             except ClientError as error:
-                if _code(error) == "TooManyRequestsException" and attempt < INVOKE_ATTEMPTS:
+                if client_error_code(error) == "TooManyRequestsException" and attempt < INVOKE_ATTEMPTS:
                     sleep(float(2 ** (attempt - 1)))
                     continue
-                raise SetCredentialsError(f"invoking {function} failed: {_code(error)}") from None
+                raise SetCredentialsError(f"invoking {function} failed: {client_error_code(error)}") from None
             except BotoCoreError as error:
                 raise SetCredentialsError(f"invoking {function} failed: {type(error).__name__}") from None
             payload = _json(response["Payload"].read())
             if response.get("FunctionError"):
-                # The refresher's errors are secret-free by contract (DESIGN.md section 5).
+                # The refresher's errors are secret-free by contract (docs/contracts.md).
                 details = payload if isinstance(payload, dict) else {}
                 kind = details.get("errorType", response["FunctionError"])
                 raise SetCredentialsError(f"the refresher failed: {kind}: {details.get('errorMessage', '')}")
@@ -200,17 +186,12 @@ def refresh(invoke: Invoker, function: str) -> int:
 def current_token(secrets: SecretsClient, token_secret_id: str) -> tuple[str, int]:
     """The stored token's fingerprint and expires_at (the token itself never leaves this function)."""
     try:
-        secret_string = secrets.get_secret_value(SecretId=token_secret_id)["SecretString"]
-        stored = json.loads(secret_string)
-        return fingerprint(str(stored["access_token"])), int(stored["expires_at"])
-    except ClientError as error:
-        raise SetCredentialsError(f"GetSecretValue on {token_secret_id} failed: {_code(error)}") from None
-    except (KeyError, TypeError, ValueError):
-        raise SetCredentialsError(f"{token_secret_id} does not hold a token in the documented format") from None
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "error"))
+        stored = TokenStore(SecretsManagerSecret(secrets, token_secret_id)).load()
+    except SecretStoreError as error:
+        raise SetCredentialsError(str(error)) from None
+    if stored.token is None:
+        raise SetCredentialsError(f"{token_secret_id} does not hold a token in the documented format")
+    return stored.token.fingerprint, stored.token.expires_at
 
 
 def _when(epoch: int, now: float) -> str:

@@ -18,20 +18,20 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
     DeadLetterError,
-    DeadLetterQueue,
     MessageOutcome,
     MeterEventHandler,
     RetryableMessageError,
     UsageEngineClient,
     UsageMeteringApi,
+    components,
     publish_api_calls,
 )
-from usage_engine.aws_clients import sqs_client
+from usage_engine.observability import NAMESPACE
 from usage_engine.settings import required_setting
 
 SERVICE = "meter-events"
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace="UsageEngine", service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 # With ReportBatchItemFailures, a batch whose every record failed is still a normal answer (all listed as
 # failures, all redelivered), not a function error with tracebacks and an Errors alarm.
@@ -45,7 +45,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     client = UsageEngineClient.from_env()
     handler = MeterEventHandler(
         UsageMeteringApi(client),
-        DeadLetterQueue(sqs_client(), required_setting("DEAD_LETTER_QUEUE_URL")),
+        components().dead_letter_queue(required_setting("DEAD_LETTER_QUEUE_URL")),
     )
 
     def record_handler(record: SQSRecord) -> str:

@@ -26,23 +26,14 @@ from usage_engine import (
     UsageMeteringApi,
     publish_api_calls,
 )
+from usage_engine.observability import NAMESPACE
 
 SERVICE = "meter-query"
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace="UsageEngine", service=SERVICE)
+metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 app = APIGatewayHttpResolver()
 
-# Throttling and connection trouble pass; AccessDenied or a KMS failure needs an operator.
-TRANSIENT_SECRET_STORE_CODES = frozenset(
-    {
-        "ThrottlingException",
-        "InternalServiceError",
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-    }
-)
 _USER_ID = re.compile(r"[A-Za-z0-9._@:+\-]{1,128}")
 
 
@@ -71,7 +62,7 @@ def _map_error(error: UsageEngineError) -> Response[dict[str, Any]]:
     if isinstance(error, TokenUnavailableError):
         logger.error("No Usage Engine token", extra={"error": str(error)})
         return _error(503, "token_unavailable", "no valid Usage Engine token right now; retry shortly")
-    if isinstance(error, SecretStoreError) and error.code in TRANSIENT_SECRET_STORE_CODES:
+    if isinstance(error, SecretStoreError) and error.transient:
         logger.warning("Secrets Manager unavailable", extra={"error": str(error)})
         return _error(503, "secrets_unavailable", "the token store is busy or unreachable; retry shortly")
     # Configuration and other Secrets Manager errors (access, KMS): the service is broken, not the request.

@@ -21,9 +21,10 @@ from usage_engine import (
     TokenRefresher,
     UsageEngineError,
 )
+from usage_engine.observability import NAMESPACE
 
 logger = Logger(service="token-refresher")
-metrics = Metrics(namespace="UsageEngine", service="token-refresher")
+metrics = Metrics(namespace=NAMESPACE, service="token-refresher")
 tracer = Tracer(service="token-refresher")
 
 

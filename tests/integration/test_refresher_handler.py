@@ -28,7 +28,7 @@ from usage_engine import (
     TokenProvider,
     TokenResponseError,
     fingerprint,
-    refresher,
+    reset_components,
 )
 from usage_engine.idp import token_request_retry, token_session
 
@@ -44,7 +44,7 @@ def invoke(event: Any) -> dict[str, Any]:
 @pytest.fixture
 def fast_retries() -> None:
     # The container's exchange with the production retry policy, minus most of the backoff sleep.
-    refresher._exchange = ClientCredentialsExchange(token_session(token_request_retry(backoff_factor=0.01)))
+    reset_components(exchange=ClientCredentialsExchange(token_session(token_request_retry(backoff_factor=0.01))))
 
 
 def assert_no_secret(value: Any, emulator: UsageEngineEmulator) -> None:
@@ -326,8 +326,10 @@ def test_connection_refused_is_unavailable(
 
 
 def test_read_timeout_is_retried_then_unavailable(deployment: Deployment, lambda_stdout: Read) -> None:
-    refresher._exchange = ClientCredentialsExchange(
-        token_session(token_request_retry(max_retries=1, backoff_factor=0.01)), timeout=(1.0, 0.2)
+    reset_components(
+        exchange=ClientCredentialsExchange(
+            token_session(token_request_retry(max_retries=1, backoff_factor=0.01)), timeout=(1.0, 0.2)
+        )
     )
     deployment.emulator.set_token_delay(0.5)
     error = expect_failure(deployment, lambda_stdout, load_event("refresher-scheduled.json"), IdpUnavailableError)

@@ -11,18 +11,16 @@ import copy
 import json
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
-from cfnlint.decode import cfn_yaml
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE_PATH = REPO_ROOT / "template.yaml"
-REGION = "eu-west-1"
+from local.template import REGION, REPO_ROOT, TEMPLATE_PATH, Evaluator, UnresolvedError, load_template
+
+__all__ = ["REGION", "REPO_ROOT", "TEMPLATE_PATH", "Evaluator", "UnresolvedError"]
 
 REFRESHER_ID = "TokenRefresherFunction"
 CREDENTIALS_SECRET_ID = "CredentialsSecret"
@@ -48,7 +46,7 @@ def _as_packaged(sam_template: dict[str, Any]) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def sam_template() -> dict[str, Any]:
     """template.yaml as written (SAM resources, Globals, Parameters)."""
-    return _plain(cfn_yaml.load(str(TEMPLATE_PATH)))
+    return load_template()
 
 
 @pytest.fixture(scope="session")
@@ -150,86 +148,3 @@ def role_id_of(resources: dict[str, dict[str, Any]], function_id: str) -> str:
     assert set(role) == {"Fn::GetAtt"}, f"{function_id}: {role}"
     assert role["Fn::GetAtt"][1] == "Arn", f"{function_id}: {role}"
     return str(role["Fn::GetAtt"][0])
-
-
-# --- A small evaluator for the intrinsic functions the template uses -------------------------------------
-
-
-class UnresolvedError(Exception):
-    """A value that only CloudFormation knows at deploy time (an attribute of a resource)."""
-
-
-NO_VALUE = object()
-
-
-def _is_intrinsic(key: str) -> bool:
-    return key in ("Ref", "Condition") or key.startswith("Fn::")
-
-
-class Evaluator:
-    """Resolves parameters, mappings and conditions of template.yaml for given parameter values.
-
-    Resource references stay symbolic ("<Ref X>", "<X.Arn>"), so values such as environment variables and
-    ReplicaRegions can be compared with what CloudFormation would deploy for a parameter set.
-    """
-
-    def __init__(self, template: dict[str, Any], parameters: dict[str, str] | None = None) -> None:
-        self.template = template
-        self.values = {name: str(p.get("Default", "")) for name, p in template["Parameters"].items()}
-        unknown = set(parameters or {}) - set(self.values)
-        assert not unknown, f"unknown parameters {unknown}"
-        self.values.update(parameters or {})
-        self.values.update({"AWS::Region": REGION, "AWS::AccountId": "123456789012", "AWS::Partition": "aws"})
-        self.values["AWS::StackName"] = "stack"
-
-    def condition(self, name: str) -> bool:
-        return bool(self.resolve(self.template["Conditions"][name]))
-
-    def resolve(self, node: Any) -> Any:
-        if isinstance(node, list):
-            return [value for value in (self.resolve(item) for item in node) if value is not NO_VALUE]
-        if not isinstance(node, dict):
-            return node
-        if len(node) != 1 or not _is_intrinsic(next(iter(node))):
-            return {k: v for k, v in ((k, self.resolve(v)) for k, v in node.items()) if v is not NO_VALUE}
-        ((function, argument),) = node.items()
-        if function == "Ref":
-            if argument == "AWS::NoValue":
-                return NO_VALUE
-            return self.values.get(argument, f"<Ref {argument}>")
-        if function == "Condition":
-            return self.condition(argument)
-        if function == "Fn::If":
-            name, if_true, if_false = argument
-            return self.resolve(if_true if self.condition(name) else if_false)
-        if function == "Fn::Equals":
-            left, right = (self.resolve(a) for a in argument)
-            return left == right
-        if function == "Fn::Not":
-            return not self.resolve(argument[0])
-        if function == "Fn::FindInMap":
-            mapping, key, attribute = (self.resolve(a) for a in argument)
-            return self.template["Mappings"][mapping][key][attribute]
-        if function == "Fn::Split":
-            separator, text = argument
-            return str(self.resolve(text)).split(separator)
-        if function == "Fn::Select":
-            index, items = argument
-            return self.resolve(items)[int(index)]
-        if function == "Fn::Sub":
-            text, variables = (argument, {}) if isinstance(argument, str) else argument
-            resolved = {k: self.resolve(v) for k, v in variables.items()}
-
-            def substitute(match: re.Match[str]) -> str:
-                name = match.group(1)
-                if name in resolved:
-                    return str(resolved[name])
-                if name in self.values:
-                    return self.values[name]
-                return f"<{name}>"
-
-            return re.sub(r"\$\{([^}!]+)\}", substitute, text)
-        if function == "Fn::GetAtt":
-            target = argument if isinstance(argument, str) else ".".join(argument)
-            return f"<{target}>"
-        raise UnresolvedError(function)

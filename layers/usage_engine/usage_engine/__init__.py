@@ -1,42 +1,50 @@
 """usage_engine: call DigitalRoute Usage Engine Cloud Edition APIs from AWS Lambda with a shared token.
 
 Importing this package does no I/O and reads no settings; handlers call `from_env()` at invocation time.
+Every per-container object is built by the composition root (`components()`); see docs/architecture.md.
 """
 
 from .api_client import UsageEngineClient
+from .composition import Components, components, reset_components
 from .credentials import ClientCredentials, parse_credentials
-from .dead_letter import DeadLetterError, DeadLetterQueue
+from .dead_letter import DeadLetterQueue
 from .errors import (
     AuthenticationError,
     ConfigurationError,
     CredentialsError,
+    DeadLetterError,
     IdpError,
     IdpRejectedError,
     IdpUnavailableError,
+    MalformedMessageError,
+    RefreshFailedError,
     RefreshRequestError,
     RefreshUnavailableError,
+    RetryableMessageError,
     SecretStoreError,
     TokenFormatError,
+    TokenRejectedError,
     TokenResponseError,
     TokenUnavailableError,
     UsageEngineApiError,
     UsageEngineError,
 )
 from .idp import ClientCredentialsExchange, IssuedToken, parse_token_response
-from .meter_events import MalformedMessageError, MessageOutcome, MeterEventHandler, RetryableMessageError
+from .meter_events import MessageOutcome, MeterEventHandler
 from .metering import UsageMeteringApi
 from .observability import publish_api_calls
 from .provider import TokenProvider
+from .recovery import TokenRecovery
 from .refresh_requester import LambdaRefreshRequester
 from .refresher import (
     Decision,
-    RefreshFailedError,
     RefreshOutcome,
     RefreshRequest,
     TokenRefresher,
     decide,
 )
 from .settings import ConsumerSettings, RefresherSettings
+from .states import DecisionReason, MessageAction, RefreshReason, RefreshResult, TokenProblem
 from .token import AccessToken, decode_token, encode_token, fingerprint
 from .token_store import StoredToken, TokenStore
 
@@ -45,32 +53,40 @@ __all__ = [
     "AuthenticationError",
     "ClientCredentials",
     "ClientCredentialsExchange",
+    "Components",
     "ConfigurationError",
     "ConsumerSettings",
     "CredentialsError",
     "DeadLetterError",
     "DeadLetterQueue",
     "Decision",
+    "DecisionReason",
     "IdpError",
     "IdpRejectedError",
     "IdpUnavailableError",
     "IssuedToken",
     "LambdaRefreshRequester",
     "MalformedMessageError",
+    "MessageAction",
     "MessageOutcome",
     "MeterEventHandler",
     "RefreshFailedError",
     "RefreshOutcome",
+    "RefreshReason",
     "RefreshRequest",
     "RefreshRequestError",
+    "RefreshResult",
     "RefreshUnavailableError",
     "RefresherSettings",
     "RetryableMessageError",
     "SecretStoreError",
     "StoredToken",
     "TokenFormatError",
+    "TokenProblem",
     "TokenProvider",
+    "TokenRecovery",
     "TokenRefresher",
+    "TokenRejectedError",
     "TokenResponseError",
     "TokenStore",
     "TokenUnavailableError",
@@ -78,6 +94,7 @@ __all__ = [
     "UsageEngineClient",
     "UsageEngineError",
     "UsageMeteringApi",
+    "components",
     "decide",
     "decode_token",
     "encode_token",
@@ -85,4 +102,5 @@ __all__ = [
     "parse_credentials",
     "parse_token_response",
     "publish_api_calls",
+    "reset_components",
 ]

@@ -1,8 +1,8 @@
-"""boto3 clients, created lazily once per container (client creation costs tens of milliseconds)."""
+"""boto3 clients with the layer's timeouts and retry budgets. The composition root creates each once per
+container (client creation costs tens of milliseconds); nothing here is cached or created at import."""
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING
 
 import boto3
@@ -21,13 +21,6 @@ SECRETS_MANAGER_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 4},
 )
 
-
-@functools.cache
-def secrets_manager_client() -> SecretsManagerClient:
-    # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_SECRETS_MANAGER) points this at a local emulator: no special path.
-    return boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-
-
 # The refresher may take a while (IdP retries); a consumer that stops waiting re-reads the secret instead.
 # At most two requests (total_max_attempts counts requests; max_attempts would count retries): a throttled
 # invoke means "a refresh is running", which the caller handles by re-reading the secret.
@@ -40,11 +33,14 @@ LAMBDA_CONFIG = Config(
 SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
 
 
-@functools.cache
-def lambda_client() -> LambdaClient:
+# AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points these at a local emulator: no special code path.
+def new_secrets_manager_client() -> SecretsManagerClient:
+    return boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
+
+
+def new_lambda_client() -> LambdaClient:
     return boto3.client("lambda", config=LAMBDA_CONFIG)
 
 
-@functools.cache
-def sqs_client() -> SQSClient:
+def new_sqs_client() -> SQSClient:
     return boto3.client("sqs", config=SQS_CONFIG)

@@ -11,6 +11,9 @@ from .settings import validate_url
 
 # The Usage Engine UI offers camelCase keys when an application access is created; operators paste either.
 _ALIASES = {"client_id": ("client_id", "clientId"), "client_secret": ("client_secret", "clientSecret")}
+OPTIONAL_KEYS = ("audience", "token_url")
+# Every key the parser reads; anything else in a document is ignored.
+KNOWN_KEYS = frozenset({*_ALIASES["client_id"], *_ALIASES["client_secret"], *OPTIONAL_KEYS})
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,16 @@ def parse_credentials(secret_string: str) -> ClientCredentials:
         audience=_optional_url(data, "audience"),
         token_url=_optional_url(data, "token_url"),
     )
+
+
+def encode_credentials(credentials: ClientCredentials) -> str:
+    """The credentials secret's canonical document: snake_case keys, optional ones only when set."""
+    document = {"client_id": credentials.client_id, "client_secret": credentials.client_secret}
+    for key in OPTIONAL_KEYS:
+        value = getattr(credentials, key)
+        if value is not None:
+            document[key] = value
+    return json.dumps(document)
 
 
 def _field(data: dict[str, Any], name: str) -> str:

@@ -6,17 +6,15 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import UsageEngineError
+from .errors import DeadLetterError
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
+__all__ = ["DeadLetterError", "DeadLetterQueue"]
+
 # SQS message attribute values are limited in total size; a reason is a sentence, not a dump.
 MAX_REASON_LENGTH = 1000
-
-
-class DeadLetterError(UsageEngineError):
-    """The dead-letter queue could not take the message: it must be retried, never dropped."""
 
 
 class DeadLetterQueue:

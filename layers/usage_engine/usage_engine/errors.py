@@ -34,14 +34,41 @@ class TokenFormatError(UsageEngineError):
         self.field = field
 
 
+# The SecretStoreError code for a secret that holds SecretBinary (this layer reads JSON strings only).
+SECRET_BINARY_NOT_SUPPORTED = "SecretBinaryNotSupported"
+
+
 class SecretStoreError(UsageEngineError):
     """Secrets Manager refused or failed a call (after the SDK's own retries)."""
+
+    # Throttling and connection trouble pass by themselves; AccessDenied, a KMS failure or a binary value
+    # need an operator.
+    TRANSIENT_CODES = frozenset(
+        {
+            "ThrottlingException",
+            "TooManyRequestsException",
+            "InternalServiceError",
+            "InternalFailure",
+            "ServiceUnavailable",
+            "RequestTimeout",
+            "RequestTimeoutException",
+            "EndpointConnectionError",
+            "ConnectTimeoutError",
+            "ConnectionClosedError",
+            "ReadTimeoutError",
+        }
+    )
 
     def __init__(self, operation: str, secret_id: str, code: str) -> None:
         super().__init__(f"Secrets Manager {operation} on {secret_id} failed: {code}")
         self.operation = operation
         self.secret_id = secret_id
         self.code = code
+
+    @property
+    def transient(self) -> bool:
+        """Whether the same call may succeed on its own a little later (retry), or needs an operator."""
+        return self.code in self.TRANSIENT_CODES
 
 
 class IdpError(UsageEngineError):
@@ -78,6 +105,11 @@ class TokenUnavailableError(UsageEngineError):
     """No valid access token could be obtained for a consumer."""
 
 
+class TokenRejectedError(UsageEngineError):
+    """The API rejected the token and recovery could not get a different one (the client reports it as an
+    AuthenticationError for the request that was rejected)."""
+
+
 class UsageEngineApiError(UsageEngineError):
     """The Usage Engine API answered with an error status, or could not be reached (status None)."""
 
@@ -108,3 +140,25 @@ class AuthenticationError(UsageEngineApiError):
 
 class RefreshUnavailableError(TokenUnavailableError):
     """The on-demand refresh could not be requested (refresher failing, not deployed, or not allowed)."""
+
+
+class RefreshFailedError(UsageEngineError):
+    """The refresh did not happen; the stored token (if any) was left as it was."""
+
+    def __init__(self, reason: str, cause: UsageEngineError, stored_seconds_remaining: float | None) -> None:
+        super().__init__(f"token refresh ({reason}) failed, stored token left untouched: {cause}")
+        self.reason = reason
+        self.cause = cause
+        self.stored_seconds_remaining = stored_seconds_remaining
+
+
+class DeadLetterError(UsageEngineError):
+    """The dead-letter queue could not take the message: it must be retried, never dropped."""
+
+
+class MalformedMessageError(UsageEngineError):
+    """The message can never be applied as it is: it goes to the dead-letter queue with this reason."""
+
+
+class RetryableMessageError(UsageEngineError):
+    """The message is fine but could not be applied now (429, 5xx, timeout, no token): SQS redelivers it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from .clock import Clock, system_clock
 from .credentials import ClientCredentials
 from .errors import IdpRejectedError, IdpUnavailableError, TokenResponseError
 from .retrying_http import attempts_of, bounded_retry, describe_failure, retrying_session
+from .safe_text import is_code, json_field
 from .token import BEARER_TOKEN_CHARS, AccessToken
 
 CONNECT_TIMEOUT_SECONDS = 3.05
@@ -23,7 +23,6 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 # A token response is a few hundred bytes; anything far larger is not a token and is not read into memory.
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_EXPIRES_IN_SECONDS = 24 * 3600
-_SAFE_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 def token_request_retry(max_retries: int = MAX_RETRIES, backoff_factor: float = 0.5) -> Retry:
@@ -151,9 +150,4 @@ def _read_capped(response: requests.Response, attempts: int) -> bytes:
 
 def _error_code(body: bytes) -> str | None:
     """The OAuth `error` code of an error body, only when it looks like a code (never echo free text)."""
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    code = data.get("error") if isinstance(data, dict) else None
-    return code if isinstance(code, str) and _SAFE_ERROR_CODE.fullmatch(code) else None
+    return json_field(body, ("error",), is_code)

@@ -13,19 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .dead_letter import DeadLetterQueue
-from .errors import UsageEngineApiError, UsageEngineError
+from .errors import MalformedMessageError, RetryableMessageError, UsageEngineApiError, UsageEngineError
 from .metering import UsageMeteringApi
+from .states import MessageAction
+
+__all__ = [
+    "CreateMeter",
+    "DeleteMeter",
+    "MalformedMessageError",
+    "MessageOutcome",
+    "MeterEventHandler",
+    "MeterRef",
+    "RetryableMessageError",
+    "UpdateMeter",
+    "parse_meter_event",
+]
 
 MAX_FIELD_LENGTH = 256
 DETAIL_TYPES = ("Create Meter", "Update Meter", "Delete Meter")
-
-
-class MalformedMessageError(UsageEngineError):
-    """The message can never be applied as it is: it goes to the dead-letter queue with this reason."""
-
-
-class RetryableMessageError(UsageEngineError):
-    """The message is fine but could not be applied now (429, 5xx, timeout, no token): SQS redelivers it."""
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,13 @@ def _meter_ref(detail: dict[str, Any]) -> MeterRef:
 
 @dataclass(frozen=True)
 class MessageOutcome:
-    action: str
+    action: MessageAction
     meter_id: str | None = None
     reason: str | None = None
 
     @property
     def dead_lettered(self) -> bool:
-        return self.action == "dead-lettered"
+        return self.action == MessageAction.DEAD_LETTERED
 
 
 class MeterEventHandler:
@@ -154,7 +159,7 @@ class MeterEventHandler:
     def _dead_letter(self, body: str, message_id: str, reason: str) -> MessageOutcome:
         # If this send fails it raises, the message is reported as failed, and SQS redelivers it.
         self._dead_letters.send(body, reason=reason, source_message_id=message_id)
-        return MessageOutcome("dead-lettered", reason=reason)
+        return MessageOutcome(MessageAction.DEAD_LETTERED, reason=reason)
 
     def _apply(self, command: MeterCommand) -> MessageOutcome:
         if isinstance(command, CreateMeter):
@@ -164,17 +169,19 @@ class MeterEventHandler:
                 meter_type_id=command.meter_type_id,
                 user_id=command.user_id,
             )
-            return MessageOutcome("created" if created else "already-exists", meter_id=str(meter.get("id")))
+            action = MessageAction.CREATED if created else MessageAction.ALREADY_EXISTS
+            return MessageOutcome(action, meter_id=str(meter.get("id")))
         meter_id = self._resolve(command.ref)
         if isinstance(command, DeleteMeter):
             if meter_id is None:
-                return MessageOutcome("already-deleted")
+                return MessageOutcome(MessageAction.ALREADY_DELETED)
             deleted = self._api.delete_meter(meter_id)
-            return MessageOutcome("deleted" if deleted else "already-deleted", meter_id=meter_id)
+            action = MessageAction.DELETED if deleted else MessageAction.ALREADY_DELETED
+            return MessageOutcome(action, meter_id=meter_id)
         if meter_id is None:
             raise MalformedMessageError("no meter with that domain and externalRef")
         self._api.update_meter(meter_id, **command.changes)
-        return MessageOutcome("updated", meter_id=meter_id)
+        return MessageOutcome(MessageAction.UPDATED, meter_id=meter_id)
 
     def _resolve(self, ref: MeterRef) -> str | None:
         if ref.meter_id is not None:

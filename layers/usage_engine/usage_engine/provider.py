@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from .aws_clients import secrets_manager_client
 from .clock import Clock, system_clock
-from .container import PerContainer
 from .errors import TokenUnavailableError
-from .secrets_manager import SecretsManagerSecret
-from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS, ConsumerSettings
+from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS
 from .token import AccessToken
 from .token_store import TokenStore
 
@@ -37,7 +34,9 @@ class TokenProvider:
     @classmethod
     def from_env(cls) -> TokenProvider:
         """The container's shared provider for the settings in the environment (read now, not at import)."""
-        return shared_provider(ConsumerSettings.from_env())
+        from .composition import components  # deferred: the composition root builds this module's objects
+
+        return components().provider_from_env()
 
     def get(self) -> AccessToken:
         cached = self._cached
@@ -51,7 +50,7 @@ class TokenProvider:
                 return cached
             stored = self._store.load()
             if stored.token is None:
-                raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.problem}")
+                raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.describe()}")
             if not stored.token.is_usable(now, skew_seconds=self._skew):
                 raise TokenUnavailableError(
                     f"stored token {stored.token.fingerprint} expired or expires within {self._skew} s"
@@ -70,16 +69,3 @@ class TokenProvider:
                 self._cached = None
                 return True
             return False
-
-
-def _new_provider(settings: ConsumerSettings) -> TokenProvider:
-    store = TokenStore(SecretsManagerSecret(secrets_manager_client(), settings.token_secret_id))
-    return TokenProvider(store, expiry_skew_seconds=settings.token_expiry_skew_seconds)
-
-
-# One provider per settings per container, so the cache survives warm invocations.
-providers: PerContainer[ConsumerSettings, TokenProvider] = PerContainer(_new_provider)
-
-
-def shared_provider(settings: ConsumerSettings) -> TokenProvider:
-    return providers.get(settings)

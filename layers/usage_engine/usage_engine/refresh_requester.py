@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
 from .errors import RefreshUnavailableError
+from .safe_text import client_error_code, json_field
+from .states import RefreshReason, RefreshResult
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
-
-RefreshResult = Literal["refreshed", "skipped", "busy"]
 
 
 class LambdaRefreshRequester:
@@ -20,10 +20,10 @@ class LambdaRefreshRequester:
         self._client = client
         self.function_name = function_name
 
-    def request(self, reason: str, token_fingerprint: str | None = None) -> RefreshResult:
+    def request(self, reason: RefreshReason, token_fingerprint: str | None = None) -> RefreshResult:
         """`busy` means another refresh is running (the refresher has reserved concurrency 1): the caller
         should wait a little and re-read the token secret rather than fail."""
-        payload: dict[str, str] = {"reason": reason}
+        payload: dict[str, str] = {"reason": str(reason)}
         if token_fingerprint is not None:
             payload["token_fingerprint"] = token_fingerprint
         try:
@@ -33,13 +33,13 @@ class LambdaRefreshRequester:
                 Payload=json.dumps(payload).encode(),
             )
         except ClientError as error:
-            code = str(error.response.get("Error", {}).get("Code", "Unknown"))
+            code = client_error_code(error)
             if code in ("TooManyRequestsException", "ResourceConflictException"):
-                return "busy"
+                return RefreshResult.BUSY
             raise RefreshUnavailableError(f"invoking the token refresher failed: {code}") from None
         except ReadTimeoutError:
             # The refresh is still running; its result lands in the token secret.
-            return "busy"
+            return RefreshResult.BUSY
         except BotoCoreError as error:
             raise RefreshUnavailableError(f"invoking the token refresher failed: {type(error).__name__}") from None
         body = response["Payload"].read()
@@ -49,14 +49,13 @@ class LambdaRefreshRequester:
             result = json.loads(body)
         except (ValueError, RecursionError):
             raise RefreshUnavailableError("the token refresher returned a non-JSON answer") from None
-        return "refreshed" if isinstance(result, dict) and result.get("refreshed") is True else "skipped"
+        return (
+            RefreshResult.REFRESHED
+            if isinstance(result, dict) and result.get("refreshed") is True
+            else RefreshResult.SKIPPED
+        )
 
 
 def _error_type(body: bytes) -> str:
     # The refresher's error messages are secret-free by design, but only the type is needed here.
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return "unknown error"
-    error_type = data.get("errorType") if isinstance(data, dict) else None
-    return error_type if isinstance(error_type, str) and error_type.isidentifier() else "unknown error"
+    return json_field(body, ("errorType",), str.isidentifier) or "unknown error"

@@ -7,22 +7,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .aws_clients import secrets_manager_client
 from .clock import Clock, system_clock
 from .credentials import ClientCredentials, parse_credentials
-from .errors import CredentialsError, RefreshRequestError, SecretStoreError, UsageEngineError
+from .errors import (
+    SECRET_BINARY_NOT_SUPPORTED,
+    CredentialsError,
+    RefreshFailedError,
+    RefreshRequestError,
+    SecretStoreError,
+    UsageEngineError,
+)
 from .idp import ClientCredentialsExchange
-from .secrets_manager import SECRET_BINARY_NOT_SUPPORTED, SecretsManagerSecret
+from .secrets_manager import SecretsManagerSecret
 from .settings import RefresherSettings
+from .states import DecisionReason, RefreshReason, TokenProblem
 from .token_store import StoredToken, TokenStore
 
-REASONS = ("scheduled", "expired", "rejected", "forced")
+__all__ = [
+    "CredentialsSource",
+    "Decision",
+    "RefreshFailedError",
+    "RefreshOutcome",
+    "RefreshRequest",
+    "TokenRefresher",
+    "decide",
+]
+
+REASONS = tuple(RefreshReason)
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 
 
 @dataclass(frozen=True)
 class RefreshRequest:
-    reason: str = "scheduled"
+    reason: RefreshReason = RefreshReason.SCHEDULED
     token_fingerprint: str | None = None
 
     @classmethod
@@ -36,20 +53,20 @@ class RefreshRequest:
         if reason is None:
             # An EventBridge schedule without Input delivers its own envelope: that is a scheduled run.
             return cls()
-        if reason not in REASONS:
+        if not isinstance(reason, str) or reason not in REASONS:
             raise RefreshRequestError(f"reason must be one of {', '.join(REASONS)}")
         token_fingerprint = event.get("token_fingerprint")
-        if reason == "rejected":
+        if reason == RefreshReason.REJECTED:
             if not isinstance(token_fingerprint, str) or not _FINGERPRINT.fullmatch(token_fingerprint):
                 raise RefreshRequestError("reason 'rejected' needs token_fingerprint (16 lowercase hex)")
-            return cls(reason, token_fingerprint)
-        return cls(reason)
+            return cls(RefreshReason.REJECTED, token_fingerprint)
+        return cls(RefreshReason(reason))
 
 
 @dataclass(frozen=True)
 class Decision:
     refresh: bool
-    reason: str
+    reason: DecisionReason
 
 
 def decide(
@@ -61,29 +78,30 @@ def decide(
     rejected_cooldown_seconds: int = 0,
 ) -> Decision:
     """Whether this run must call the IdP. Pure: the whole policy is here and unit-tested."""
-    if request.reason == "forced":
-        return Decision(True, "forced")
+    if request.reason == RefreshReason.FORCED:
+        return Decision(True, DecisionReason.FORCED)
     if stored.token is None:
-        return Decision(True, "missing" if stored.problem == "missing" else "unreadable")
-    if request.reason == "rejected" and request.token_fingerprint == stored.fingerprint:
+        missing = stored.problem == TokenProblem.MISSING
+        return Decision(True, DecisionReason.MISSING if missing else DecisionReason.UNREADABLE)
+    if request.reason == RefreshReason.REJECTED and request.token_fingerprint == stored.fingerprint:
         if now - stored.token.issued_at < rejected_cooldown_seconds:
             # A token this young being rejected points at the API or the setup, not at the token: replacing
             # it again and again would only hammer the IdP. Consumers get AuthenticationError instead.
-            return Decision(False, "rejected-within-cooldown")
+            return Decision(False, DecisionReason.REJECTED_WITHIN_COOLDOWN)
         # Still the very token a consumer saw rejected; N consumers reporting it cause one IdP call,
         # because the first refresh replaces it and later reports no longer match.
-        return Decision(True, "rejected")
+        return Decision(True, DecisionReason.REJECTED)
     if stored.token.seconds_remaining(now) <= margin_seconds:
-        return Decision(True, "expiring")
-    if request.reason == "rejected":
-        return Decision(False, "rejected-token-already-replaced")
-    return Decision(False, "fresh")
+        return Decision(True, DecisionReason.EXPIRING)
+    if request.reason == RefreshReason.REJECTED:
+        return Decision(False, DecisionReason.REJECTED_TOKEN_ALREADY_REPLACED)
+    return Decision(False, DecisionReason.FRESH)
 
 
 @dataclass(frozen=True)
 class RefreshOutcome:
     refreshed: bool
-    reason: str
+    reason: DecisionReason
     expires_at: int
     seconds_remaining: float
     token_fingerprint: str
@@ -92,20 +110,8 @@ class RefreshOutcome:
     version_id: str | None = None
 
     def response(self) -> dict[str, Any]:
-        """The Lambda's return value (DESIGN.md §4): never the token itself."""
-        return {"refreshed": self.refreshed, "reason": self.reason, "expires_at": self.expires_at}
-
-
-class RefreshFailedError(UsageEngineError):
-    """The refresh did not happen; the stored token (if any) was left as it was."""
-
-    def __init__(self, reason: str, cause: UsageEngineError, stored: StoredToken | None, now: float) -> None:
-        super().__init__(f"token refresh ({reason}) failed, stored token left untouched: {cause}")
-        self.reason = reason
-        self.cause = cause
-        self.stored_seconds_remaining = (
-            stored.token.seconds_remaining(now) if stored is not None and stored.token else None
-        )
+        """The Lambda's return value (docs/contracts.md): never the token itself."""
+        return {"refreshed": self.refreshed, "reason": str(self.reason), "expires_at": self.expires_at}
 
 
 class CredentialsSource:
@@ -142,18 +148,14 @@ class TokenRefresher:
 
     @classmethod
     def from_settings(cls, settings: RefresherSettings, *, clock: Clock = system_clock) -> TokenRefresher:
-        client = secrets_manager_client()
-        return cls(
-            store=TokenStore(SecretsManagerSecret(client, settings.token_secret_id)),
-            credentials=CredentialsSource(SecretsManagerSecret(client, settings.credentials_secret_id)),
-            exchange=_shared_exchange(),
-            settings=settings,
-            clock=clock,
-        )
+        """The container's refresher for these settings (see composition.py)."""
+        from .composition import components  # deferred: the composition root builds this module's objects
+
+        return components().refresher(settings, clock=clock)
 
     def run(self, request: RefreshRequest) -> RefreshOutcome:
         stored: StoredToken | None = None
-        reason = request.reason
+        reason: str = request.reason
         try:
             stored = self._store.load()
             now = self._clock()
@@ -182,7 +184,8 @@ class TokenRefresher:
             # Only a token that passed strict validation in the exchange reaches this write.
             version_id = self._store.save(issued.token)
         except UsageEngineError as error:
-            raise RefreshFailedError(reason, error, stored, self._clock()) from error
+            remaining = stored.token.seconds_remaining(self._clock()) if stored and stored.token else None
+            raise RefreshFailedError(reason, error, remaining) from error
         return RefreshOutcome(
             refreshed=True,
             reason=decision.reason,
@@ -193,14 +196,3 @@ class TokenRefresher:
             idp_attempts=issued.attempts,
             version_id=version_id,
         )
-
-
-_exchange: ClientCredentialsExchange | None = None
-
-
-def _shared_exchange() -> ClientCredentialsExchange:
-    # One session per container: warm invocations reuse the TLS connection to the IdP.
-    global _exchange
-    if _exchange is None:
-        _exchange = ClientCredentialsExchange()
-    return _exchange

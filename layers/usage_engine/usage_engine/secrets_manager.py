@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import SecretStoreError
+from .errors import SECRET_BINARY_NOT_SUPPORTED, SecretStoreError
+from .safe_text import client_error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-# The SecretStoreError code for a secret that holds SecretBinary (this layer reads JSON strings only).
-SECRET_BINARY_NOT_SUPPORTED = "SecretBinaryNotSupported"
+__all__ = ["SECRET_BINARY_NOT_SUPPORTED", "SecretsManagerSecret"]
 
 
 class SecretsManagerSecret:
@@ -26,7 +26,7 @@ class SecretsManagerSecret:
         try:
             response = self._client.get_secret_value(SecretId=self.secret_id)
         except ClientError as error:
-            code = _code(error)
+            code = client_error_code(error)
             # A secret created empty (as template.yaml does) answers ResourceNotFound until its first version.
             if code == "ResourceNotFoundException":
                 return None
@@ -48,11 +48,7 @@ class SecretsManagerSecret:
                 ClientRequestToken=str(uuid.uuid4()),
             )
         except ClientError as error:
-            raise SecretStoreError("PutSecretValue", self.secret_id, _code(error)) from None
+            raise SecretStoreError("PutSecretValue", self.secret_id, client_error_code(error)) from None
         except BotoCoreError as error:
             raise SecretStoreError("PutSecretValue", self.secret_id, type(error).__name__) from None
         return response["VersionId"]
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))

@@ -4,21 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import SecretStoreError, TokenFormatError
-from .secrets_manager import SECRET_BINARY_NOT_SUPPORTED, SecretsManagerSecret
+from .errors import SECRET_BINARY_NOT_SUPPORTED, SecretStoreError, TokenFormatError
+from .secrets_manager import SecretsManagerSecret
+from .states import TokenProblem
 from .token import AccessToken, decode_token, encode_token
 
 
 @dataclass(frozen=True)
 class StoredToken:
-    """What the token secret holds: a token, or the reason there is none (never both)."""
+    """What the token secret holds: a token, or the problem that there is none (never both)."""
 
     token: AccessToken | None
-    problem: str | None = None
+    problem: TokenProblem | None = None
+    # What exactly is unreadable (a field name, "binary value"), never a value from the secret.
+    detail: str | None = None
 
     @property
     def fingerprint(self) -> str | None:
         return self.token.fingerprint if self.token else None
+
+    def describe(self) -> str:
+        """e.g. "missing", "unreadable (token secret: expires_at: must be positive)"."""
+        if self.token is not None:
+            return f"token {self.token.fingerprint}"
+        problem = str(self.problem or TokenProblem.UNREADABLE)
+        return f"{problem} ({self.detail})" if self.detail else problem
 
 
 class TokenStore:
@@ -37,13 +47,13 @@ class TokenStore:
             if error.code != SECRET_BINARY_NOT_SUPPORTED:
                 raise
             # Edited by hand into a binary value: as unreadable as malformed JSON, and repaired the same way.
-            return StoredToken(None, "unreadable (a binary value, not a JSON string)")
+            return StoredToken(None, TokenProblem.UNREADABLE, "a binary value, not a JSON string")
         if raw is None:
-            return StoredToken(None, "missing")
+            return StoredToken(None, TokenProblem.MISSING)
         try:
             return StoredToken(decode_token(raw))
         except TokenFormatError as error:
-            return StoredToken(None, f"unreadable ({error})")
+            return StoredToken(None, TokenProblem.UNREADABLE, str(error))
 
     def save(self, token: AccessToken) -> str:
         return self._secret.write(encode_token(token))

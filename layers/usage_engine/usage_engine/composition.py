@@ -1,0 +1,166 @@
+"""The composition root: every object that lives as long as the Lambda container is built here, once.
+
+Warm invocations reuse what a cold start built (boto3 clients, the IdP session, token caches, pooled API
+sessions). Handlers, the local emulators' demo, the benchmarks and the tests all build parts through a
+`Components`; tests start a "new container" with `reset_components()`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .api_client import UsageEngineClient
+from .aws_clients import new_lambda_client, new_secrets_manager_client, new_sqs_client
+from .clock import Clock, Sleep, system_clock, system_sleep
+from .dead_letter import DeadLetterQueue
+from .idp import ClientCredentialsExchange
+from .provider import TokenProvider
+from .recovery import TokenRecovery
+from .refresh_requester import LambdaRefreshRequester
+from .refresher import CredentialsSource, TokenRefresher
+from .secrets_manager import SecretsManagerSecret
+from .settings import ConsumerSettings, RefresherSettings
+from .token_store import TokenStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+    from mypy_boto3_sqs import SQSClient
+
+T = TypeVar("T")
+
+
+class Components:
+    """One container's objects, created on first use and then shared by every thread and invocation.
+
+    Everything is injectable: pass a boto3 client, a clock or a sleep to run the same wiring against
+    emulators or a virtual clock. `client_options` go to every UsageEngineClient (timeouts, a session, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock = system_clock,
+        sleep: Sleep = system_sleep,
+        secrets_manager: SecretsManagerClient | None = None,
+        lambda_client: LambdaClient | None = None,
+        sqs: SQSClient | None = None,
+        exchange: ClientCredentialsExchange | None = None,
+        client_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.clock = clock
+        self.sleep = sleep
+        self._client_options = dict(client_options or {})
+        self._lock = threading.RLock()
+        self._made: dict[Hashable, Any] = {}
+        for key, given in (("secretsmanager", secrets_manager), ("lambda", lambda_client), ("sqs", sqs)):
+            if given is not None:
+                self._made[key] = given
+        if exchange is not None:
+            self._made["exchange"] = exchange
+
+    def _once(self, key: Hashable, create: Callable[[], T]) -> T:
+        # A lock rather than functools.cache: threads starting at once must share one instance (two
+        # TokenProviders would mean two secret reads and two caches).
+        with self._lock:
+            if key not in self._made:
+                self._made[key] = create()
+            made: T = self._made[key]
+            return made
+
+    # --- AWS clients -------------------------------------------------------------------------------------
+    def secrets_manager(self) -> SecretsManagerClient:
+        return self._once("secretsmanager", new_secrets_manager_client)
+
+    def lambda_client(self) -> LambdaClient:
+        return self._once("lambda", new_lambda_client)
+
+    def sqs(self) -> SQSClient:
+        return self._once("sqs", new_sqs_client)
+
+    # --- the refresher's parts ---------------------------------------------------------------------------
+    def exchange(self) -> ClientCredentialsExchange:
+        # One session per container: warm invocations reuse the TLS connection to the IdP.
+        return self._once("exchange", lambda: ClientCredentialsExchange(clock=self.clock))
+
+    def secret(self, secret_id: str) -> SecretsManagerSecret:
+        return SecretsManagerSecret(self.secrets_manager(), secret_id)
+
+    def token_store(self, secret_id: str) -> TokenStore:
+        return TokenStore(self.secret(secret_id))
+
+    def credentials_source(self, secret_id: str) -> CredentialsSource:
+        return CredentialsSource(self.secret(secret_id))
+
+    def refresher(self, settings: RefresherSettings, *, clock: Clock | None = None) -> TokenRefresher:
+        return TokenRefresher(
+            store=self.token_store(settings.token_secret_id),
+            credentials=self.credentials_source(settings.credentials_secret_id),
+            exchange=self.exchange(),
+            settings=settings,
+            clock=clock or self.clock,
+        )
+
+    # --- the consumers' parts ----------------------------------------------------------------------------
+    def provider(self, settings: ConsumerSettings) -> TokenProvider:
+        """One per settings, so the token cache survives warm invocations and is shared by the clients."""
+        return self._once(
+            ("provider", settings),
+            lambda: TokenProvider(
+                self.token_store(settings.token_secret_id),
+                clock=self.clock,
+                expiry_skew_seconds=settings.token_expiry_skew_seconds,
+            ),
+        )
+
+    def refresh_requester(self, function_name: str) -> LambdaRefreshRequester:
+        return LambdaRefreshRequester(self.lambda_client(), function_name)
+
+    def client(self, settings: ConsumerSettings) -> UsageEngineClient:
+        """One per settings: its session pools connections across warm invocations."""
+
+        def create() -> UsageEngineClient:
+            tokens = self.provider(settings)
+            requester = self.refresh_requester(settings.refresher_function) if settings.refresher_function else None
+            options = dict(self._client_options)
+            recovery = TokenRecovery(
+                tokens,
+                requester,
+                sleep=options.pop("sleep", self.sleep),
+                clock=options.pop("clock", self.clock),
+                **{k: options.pop(k) for k in ("busy_attempts",) if k in options},
+            )
+            return UsageEngineClient(settings.api_url, tokens, recovery=recovery, **options)
+
+        return self._once(("client", settings), create)
+
+    def dead_letter_queue(self, queue_url: str) -> DeadLetterQueue:
+        return DeadLetterQueue(self.sqs(), queue_url)
+
+    # --- from the environment (read at handler entry, never at import) -----------------------------------
+    def provider_from_env(self) -> TokenProvider:
+        return self.provider(ConsumerSettings.from_env())
+
+    def client_from_env(self) -> UsageEngineClient:
+        return self.client(ConsumerSettings.from_env())
+
+    def refresher_from_env(self) -> TokenRefresher:
+        return self.refresher(RefresherSettings.from_env())
+
+
+_components = Components()
+
+
+def components() -> Components:
+    """This container's components."""
+    return _components
+
+
+def reset_components(**options: Any) -> Components:
+    """Forget every per-container object, as a new Lambda container would (tests, local runs), and start
+    again with `options` (see `Components`)."""
+    global _components
+    _components = Components(**options)
+    return _components
