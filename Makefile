@@ -9,9 +9,19 @@ ARCH ?= arm64
 REGION ?= eu-west-1
 # The stack that deploy, logs, destroy and set-credentials act on (samconfig.toml's default).
 STACK ?= usage-engine-token-bundle
-# checkov has its own pinned virtualenv: its boto3/botocore pins conflict with aws-sam-cli's in .venv.
+# checkov and SAM CLI have their own pinned virtualenvs: both pin boto3/botocore (checkov 1.35, aws-sam-cli one
+# exact boto3), which would hold back the boto3/botocore that .venv's tests run with (moto's newest).
 CHECKS_VENV := $(VENV)/checks
 CHECKS_STAMP := $(CHECKS_VENV)/.installed-$(shell sha256sum requirements-checks.txt | cut -c1-12)
+SAM_VENV := $(VENV)/sam
+SAM_STAMP := $(SAM_VENV)/.installed-$(shell sha256sum requirements-sam.txt | cut -c1-12)
+SAM := $(SAM_VENV)/bin/sam
+# sam build runs the layer's and the functions' Makefiles with this PATH: .venv/bin first, so their
+# `python3 -m pip` is .venv's Python (with pip), whichever Python sam itself runs on.
+BUILD_PATH := $(CURDIR)/$(BIN):$(PATH)
+# Coverage of the layer in `make test` (pytest-cov; only in-process coverage counts: handlers that run in
+# subprocesses are not measured, threads are). The full suite measured 00% when this floor was set.
+COVERAGE_FLOOR := 00
 # Lambda's Python (3.13) compiles the layer's bytecode at build time when this machine has it (else the layer
 # ships sources only and every cold start compiles them; see benchmarks/RESULTS.md, section 4).
 LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
@@ -22,7 +32,7 @@ export LAMBDA_PYTHON := $(LAMBDA_PYTHON)
 export AWS_DEFAULT_REGION ?= $(REGION)
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo test lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
+.PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
 	rm -rf $(VENV)
@@ -39,6 +49,14 @@ $(CHECKS_STAMP): requirements-checks.txt | $(STAMP)
 	$(CHECKS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-checks.txt
 	touch $@
 
+$(SAM_STAMP): requirements-sam.txt | $(STAMP)
+	rm -rf $(SAM_VENV)
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-sam.txt
+	touch $@
+
+sam-venv: $(SAM_STAMP)
+
 ## The whole flow against the local AWS emulator (moto) and the local Usage Engine emulator.
 # The layer's package is on the path as it is in Lambda (/opt/python).
 demo: venv
@@ -51,31 +69,41 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Each function is its own `app` module (as in Lambda), so each is checked on its own.
+# Each function is its own `app` module (as in Lambda), so each is checked on its own. local/ and tools/ are
+# packages (mypy names their modules local.* and tools.*); the layer is found through mypy_path (pyproject).
 typecheck: venv
 	$(BIN)/mypy --strict layers/usage_engine/usage_engine
 	for fn in functions/*/; do $(BIN)/mypy --strict "$$fn"app.py; done
-	$(BIN)/mypy --strict tools/set_credentials.py tools/render_reliability.py
+	$(BIN)/mypy --strict local tools
 
-template-check: venv checkov
+template-check: venv checkov $(SAM_STAMP)
 	$(BIN)/cfn-lint template.yaml
-	$(BIN)/sam validate --lint --template template.yaml
+	$(SAM) validate --lint --template template.yaml
 
 ## checkov on template.yaml: zero failed checks; each skip is justified in the template next to its resource.
 checkov: $(CHECKS_STAMP)
 	$(CHECKS_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
+# The whole suite with the layer's coverage floor. REQUIRE_BUILD_ARTIFACTS=1: the build tier (tests/build, the
+# handlers imported from .aws-sam/build-all by Python 3.13) fails instead of skipping without `make build-all`,
+# which `make test` runs first.
 pytest: venv
-	$(BIN)/python -m pytest
+	REQUIRE_BUILD_ARTIFACTS=1 $(BIN)/python -m pytest --cov=layers/usage_engine/usage_engine \
+		--cov-report=term-missing:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
+
+## The fast tiers alone (tests/unit and tests/property, under 30 s): no build, no emulators, no coverage floor
+## (the fast tiers alone do not reach the full suite's floor, and a lower one would only guard less).
+unit: venv
+	$(BIN)/python -m pytest -m "unit or property"
 
 ## sam build for one architecture (ARCH=arm64|x86_64); the layer Makefile reads LAYER_ARCHITECTURE.
-build: venv
-	PATH="$(CURDIR)/$(BIN):$$PATH" LAYER_ARCHITECTURE=$(ARCH) $(BIN)/sam build --parameter-overrides Architecture=$(ARCH)
+build: venv $(SAM_STAMP)
+	PATH="$(BUILD_PATH)" LAYER_ARCHITECTURE=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
 
 ## sam build for both architectures (a check: deploy uses `make build`), into .aws-sam/build-all/<arch>.
-build-all: venv
+build-all: venv $(SAM_STAMP)
 	for arch in arm64 x86_64; do \
-		PATH="$(CURDIR)/$(BIN):$$PATH" LAYER_ARCHITECTURE=$$arch $(BIN)/sam build \
+		PATH="$(BUILD_PATH)" LAYER_ARCHITECTURE=$$arch $(SAM) build \
 			--build-dir .aws-sam/build-all/$$arch --cache-dir .aws-sam/cache-all/$$arch \
 			--parameter-overrides Architecture=$$arch; \
 	done
@@ -83,15 +111,15 @@ build-all: venv
 ## Deploy what `make build` built: make deploy [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c UsageEngineRegion=US"].
 ## Parameters not given keep their previous values (docs/operations.md lists them).
 deploy: build
-	$(BIN)/sam deploy --stack-name $(STACK) --parameter-overrides Architecture=$(ARCH) $(PARAMS) $(if $(GUIDED),--guided)
+	$(SAM) deploy --stack-name $(STACK) --parameter-overrides Architecture=$(ARCH) $(PARAMS) $(if $(GUIDED),--guided)
 
 ## Follow the functions' logs: make logs [FUNCTION=TokenRefresherFunction].
-logs: venv
-	$(BIN)/sam logs --stack-name $(STACK) $(if $(FUNCTION),--name $(FUNCTION)) --tail
+logs: $(SAM_STAMP)
+	$(SAM) logs --stack-name $(STACK) $(if $(FUNCTION),--name $(FUNCTION)) --tail
 
 ## Delete the stack (asks for confirmation).
-destroy: venv
-	$(BIN)/sam delete --stack-name $(STACK)
+destroy: $(SAM_STAMP)
+	$(SAM) delete --stack-name $(STACK)
 
 ## Store the client id/secret from the Usage Engine UI's JSON file and force a token refresh: make set-credentials FILE=...
 set-credentials: venv
@@ -119,4 +147,4 @@ day: venv
 	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
 
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.*

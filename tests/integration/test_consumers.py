@@ -19,15 +19,12 @@ from local.sqs_event_source import SqsEventSource
 from tests.conftest import CLIENT_SECRET, REFRESHER_NAME, Deployment
 from usage_engine import (
     AuthenticationError,
-    LambdaRefreshRequester,
-    TokenProvider,
-    TokenStore,
+    Components,
+    ConsumerSettings,
     UsageEngineClient,
     UsageMeteringApi,
 )
-from usage_engine.aws_clients import LAMBDA_CONFIG, SECRETS_MANAGER_CONFIG
 from usage_engine.metering import METERS_PATH
-from usage_engine.secrets_manager import SecretsManagerSecret
 
 
 def refresh_now() -> dict[str, Any]:
@@ -36,12 +33,10 @@ def refresh_now() -> dict[str, Any]:
 
 def new_container_client(emulator_url: str, *, refresher: bool = True) -> UsageEngineClient:
     """What one Lambda container builds: its own boto3 clients, TokenProvider and HTTP session."""
-    secrets = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-    tokens = TokenProvider(TokenStore(SecretsManagerSecret(secrets, TOKEN_SECRET)))
-    requester = (
-        LambdaRefreshRequester(boto3.client("lambda", config=LAMBDA_CONFIG), REFRESHER_NAME) if refresher else None
+    settings = ConsumerSettings(
+        token_secret_id=TOKEN_SECRET, api_url=emulator_url, refresher_function=REFRESHER_NAME if refresher else None
     )
-    return UsageEngineClient(emulator_url, tokens, refresher=requester)
+    return Components().client(settings)
 
 
 def test_20_containers_recover_from_a_revocation_with_one_idp_request(
