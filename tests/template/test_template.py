@@ -31,7 +31,7 @@ IAM_POLICY_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPoli
 # The only actions that may name Resource "*": X-Ray has no resource-level permissions for them.
 ACTIONS_WITHOUT_RESOURCE_LEVEL_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
-# The refresher's environment: its DESIGN.md contract variables plus the Powertools ones.
+# The refresher's environment: its contract variables (docs/contracts.md) plus the Powertools ones.
 REFRESHER_ENV = {
     "CREDENTIALS_SECRET_ID": CREDENTIALS_ARN,
     "TOKEN_SECRET_ID": {"Ref": TOKEN_SECRET_ID},

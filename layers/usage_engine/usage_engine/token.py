@@ -1,4 +1,4 @@
-"""The access token, its fingerprint, and the JSON codec of the token secret (DESIGN.md §4)."""
+"""The access token, its fingerprint, and the JSON codec of the token secret (docs/contracts.md)."""
 
 from __future__ import annotations
 
