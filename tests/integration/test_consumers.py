@@ -286,3 +286,14 @@ def test_1000_warm_invocations_read_the_secret_once(consumers: Deployment) -> No
         assert invoke("meter_query", event)["statusCode"] == 200
     assert consumers.aws.calls("GetSecretValue") - reads_before == 1
     assert consumers.emulator.api_requests == 1000
+
+
+@pytest.mark.parametrize("retry_after", ["-1", "soon"])
+def test_a_malformed_retry_after_does_not_abort_the_retries(deployment: Deployment, retry_after: str) -> None:
+    refresh_now()
+    emulator = deployment.emulator
+    emulator.fail_next_api_requests(2, 503, retry_after=retry_after)  # type: ignore[arg-type]
+    client = new_container_client(emulator.base_url, refresher=False)
+    response = client.request("GET", METERS_PATH)
+    assert response.status_code == 200
+    assert client.drain_call_counts() == {"2xx": 1}

@@ -43,6 +43,7 @@ from usage_engine import (
 )
 from usage_engine.meter_events import CreateMeter, DeleteMeter, MalformedMessageError, UpdateMeter, parse_meter_event
 from usage_engine.refresher import REASONS
+from usage_engine.settings import MAX_TOKEN_EXPIRY_SKEW_SECONDS
 
 SENT_AT = 1_800_000_000.25
 AUDIENCE = "https://api.digitalroute.io/"
@@ -285,7 +286,7 @@ def test_settings_raise_only_configuration_errors_that_name_the_variable(env: di
     non_blank_text.map(str.strip),
     st.sampled_from(["https://api.us.digitalroute.io", "http://127.0.0.1:4010", "https://api.digitalroute.io/"]),
     st.integers(min_value=300, max_value=3300),
-    st.integers(min_value=0, max_value=900),
+    st.integers(min_value=0, max_value=MAX_TOKEN_EXPIRY_SKEW_SECONDS),
 )
 def test_valid_settings_round_trip(credentials_id: str, token_id: str, url: str, margin: int, skew: int) -> None:
     env = {

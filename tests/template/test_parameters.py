@@ -159,3 +159,13 @@ def test_parameter_validation(sam_template, name, good, bad):
 def test_alarm_subscription_only_with_an_email(sam_template):
     assert not Evaluator(sam_template, {}).condition("HasAlarmEmail")
     assert Evaluator(sam_template, {"AlarmEmail": "oncall@example.com"}).condition("HasAlarmEmail")
+
+
+def test_the_skew_parameter_cannot_exceed_any_refresh_margin(sam_template: dict[str, Any]) -> None:
+    # A consumer that treats a token as expired must always find the refresher willing to replace it.
+    from usage_engine.settings import MAX_TOKEN_EXPIRY_SKEW_SECONDS, MIN_REFRESH_MARGIN_SECONDS
+
+    parameters = sam_template["Parameters"]
+    assert int(parameters["TokenExpirySkewSeconds"]["MaxValue"]) == MAX_TOKEN_EXPIRY_SKEW_SECONDS
+    assert int(parameters["RefreshMarginSeconds"]["MinValue"]) >= MIN_REFRESH_MARGIN_SECONDS
+    assert int(parameters["TokenExpirySkewSeconds"]["MaxValue"]) <= int(parameters["RefreshMarginSeconds"]["MinValue"])

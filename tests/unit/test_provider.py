@@ -113,3 +113,69 @@ def test_unavailable_token_is_a_typed_error(value: str | None, message: str) -> 
     with pytest.raises(TokenUnavailableError, match=message) as caught:
         provider.get()
     assert "tok-old" not in str(caught.value)
+
+
+class GatedSecretsManager:
+    """GetSecretValue blocks until released, then fails with throttling: a leader's read that waiters share."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def get_secret_value(self, SecretId: str) -> dict[str, Any]:  # noqa: N803 - boto3's spelling
+        from botocore.exceptions import ClientError
+
+        self.reads += 1
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the read"
+        raise ClientError({"Error": {"Code": "ThrottlingException"}}, "GetSecretValue")
+
+
+def _waiting_on(provider: TokenProvider, count: int) -> bool:
+    flight = provider._flight
+    # CPython's Event keeps its waiters on a Condition: wait (bounded) until every waiter is parked there.
+    return flight is not None and len(flight.done._cond._waiters) >= count  # type: ignore[attr-defined]
+
+
+def test_waiters_share_the_leaders_failed_read_instead_of_repeating_it() -> None:
+    from usage_engine import SecretStoreError
+
+    secrets = GatedSecretsManager()
+    provider = TokenProvider(TokenStore(SecretsManagerSecret(secrets, "token")), clock=Clock(NOW))  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            provider.get()
+        except SecretStoreError as error:
+            errors.append(error)
+
+    leader = threading.Thread(target=call)
+    leader.start()
+    assert secrets.entered.wait(30)
+    waiters = [threading.Thread(target=call) for _ in range(4)]
+    for thread in waiters:
+        thread.start()
+    for _ in range(3000):  # a bounded wait for a state, not a timing assertion
+        if _waiting_on(provider, 4):
+            break
+        time.sleep(0.01)
+    assert _waiting_on(provider, 4)
+    secrets.release.set()
+    for thread in [leader, *waiters]:
+        thread.join(30)
+
+    assert secrets.reads == 1
+    assert len(errors) == 5
+    assert all(error.code == "ThrottlingException" for error in errors)  # type: ignore[attr-defined]
+    assert provider._flight is None  # the next call reads again
+
+
+def test_after_a_shared_failure_the_next_call_reads_again() -> None:
+    secrets = FakeSecretsManager(None)
+    provider = TokenProvider(TokenStore(SecretsManagerSecret(secrets, "token")), clock=Clock(NOW))  # type: ignore[arg-type]
+    for expected_reads in (1, 2):
+        with pytest.raises(TokenUnavailableError, match="missing"):
+            provider.get()
+        assert secrets.reads == expected_reads

@@ -64,3 +64,15 @@ def test_consumer_settings() -> None:
     assert ConsumerSettings.from_env({"TOKEN_SECRET_ID": "t"}).refresher_function is None
     with pytest.raises(ConfigurationError, match="TOKEN_SECRET_ID"):
         ConsumerSettings.from_env({})
+
+
+def test_skew_is_never_above_the_smallest_refresh_margin() -> None:
+    from usage_engine.settings import MAX_TOKEN_EXPIRY_SKEW_SECONDS, MIN_REFRESH_MARGIN_SECONDS
+
+    assert MAX_TOKEN_EXPIRY_SKEW_SECONDS <= MIN_REFRESH_MARGIN_SECONDS
+    base = {"TOKEN_SECRET_ID": "token"}
+    accepted = ConsumerSettings.from_env({**base, "TOKEN_EXPIRY_SKEW_SECONDS": str(MAX_TOKEN_EXPIRY_SKEW_SECONDS)})
+    assert accepted.token_expiry_skew_seconds == MAX_TOKEN_EXPIRY_SKEW_SECONDS
+    with pytest.raises(ConfigurationError, match="smallest REFRESH_MARGIN_SECONDS") as refused:
+        ConsumerSettings.from_env({**base, "TOKEN_EXPIRY_SKEW_SECONDS": str(MAX_TOKEN_EXPIRY_SKEW_SECONDS + 1)})
+    assert refused.value.variable == "TOKEN_EXPIRY_SKEW_SECONDS"

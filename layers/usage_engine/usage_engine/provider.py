@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass, field
 
 from .clock import Clock, system_clock
 from .errors import TokenUnavailableError
 from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS
 from .token import AccessToken
 from .token_store import TokenStore
+
+
+@dataclass
+class _Flight:
+    """One secret read in progress, and its outcome for every thread that waited for it."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    token: AccessToken | None = None
+    error: BaseException | None = None
 
 
 class TokenProvider:
@@ -30,6 +40,7 @@ class TokenProvider:
         self._skew = expiry_skew_seconds
         self._lock = threading.Lock()
         self._cached: AccessToken | None = None
+        self._flight: _Flight | None = None
 
     @classmethod
     def from_env(cls) -> TokenProvider:
@@ -45,18 +56,43 @@ class TokenProvider:
         with self._lock:
             # Another thread may have loaded it while this one waited for the lock.
             cached = self._cached
-            now = self._clock()
-            if cached is not None and cached.is_usable(now, skew_seconds=self._skew):
+            if cached is not None and cached.is_usable(self._clock(), skew_seconds=self._skew):
                 return cached
-            stored = self._store.load()
-            if stored.token is None:
-                raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.describe()}")
-            if not stored.token.is_usable(now, skew_seconds=self._skew):
-                raise TokenUnavailableError(
-                    f"stored token {stored.token.fingerprint} expired or expires within {self._skew} s"
-                )
+            flight = self._flight
+            leader = flight is None
+            if flight is None:
+                flight = self._flight = _Flight()
+        if not leader:
+            # Single flight: the waiters share the leader's outcome, a token or its error, instead of each
+            # repeating a read that just failed (5 waiters on a 1 s failure would otherwise take 1+2+...+5 s).
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.token is None:  # only if the leader died of something other than an exception
+                raise TokenUnavailableError(f"reading token secret {self._store.secret_id} did not finish")
+            return flight.token
+        try:
+            flight.token = self._load()
+        except BaseException as error:
+            flight.error = error
+            raise
+        finally:
+            with self._lock:
+                self._flight = None
+            flight.done.set()
+        return flight.token
+
+    def _load(self) -> AccessToken:
+        stored = self._store.load()
+        if stored.token is None:
+            raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.describe()}")
+        if not stored.token.is_usable(self._clock(), skew_seconds=self._skew):
+            raise TokenUnavailableError(
+                f"stored token {stored.token.fingerprint} expired or expires within {self._skew} s"
+            )
+        with self._lock:
             self._cached = stored.token
-            return stored.token
+        return stored.token
 
     def invalidate(self, token: AccessToken | str) -> bool:
         """Forget `token` (after the API rejected it). Returns whether it was the cached one.

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, NewConnectionError, ReadTimeoutError
 from urllib3.util.retry import Retry
 
 
@@ -15,6 +16,19 @@ class CappedRetry(Retry):
     """urllib3's Retry, with Retry-After capped so a server cannot park a Lambda until its timeout."""
 
     MAX_RETRY_AFTER_SECONDS = 10.0
+
+    def parse_retry_after(self, retry_after: str) -> float:
+        """urllib3 accepts whole seconds or an HTTP date and raises on anything else, which would abort every
+        remaining retry. A fractional or negative number is clamped; other garbage means "no hint" (0), and
+        the ordinary exponential backoff applies."""
+        try:
+            return super().parse_retry_after(retry_after)
+        except InvalidHeader:
+            try:
+                seconds = float(retry_after)
+            except ValueError:
+                return 0.0
+            return min(max(seconds, 0.0), self.MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else 0.0
 
     def get_retry_after(self, response: Any) -> float | None:
         retry_after = super().get_retry_after(response)

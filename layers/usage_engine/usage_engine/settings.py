@@ -18,6 +18,13 @@ DEFAULT_API_URL = "https://api.digitalroute.io"
 DEFAULT_REFRESH_MARGIN_SECONDS = 1200
 DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS = 60
 DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS = 60
+# Below 5 minutes a single failed scheduled run could let the token expire.
+MIN_REFRESH_MARGIN_SECONDS = 300
+MAX_REFRESH_MARGIN_SECONDS = 3300
+# A consumer's skew never exceeds the smallest refresh margin: a token the consumers treat as expired is then
+# always one the refresher replaces when asked. Above it, every call would fail while the token has between
+# margin and skew left (the refresher answers "fresh" to each on-demand request).
+MAX_TOKEN_EXPIRY_SKEW_SECONDS = MIN_REFRESH_MARGIN_SECONDS
 
 
 def validate_url(url: str, *, variable: str) -> str:
@@ -57,7 +64,7 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
-def _int_in_range(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def _int_in_range(env: Mapping[str, str], name: str, default: int, low: int, high: int, *, why: str = "") -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
@@ -66,7 +73,8 @@ def _int_in_range(env: Mapping[str, str], name: str, default: int, low: int, hig
     except ValueError:
         raise ConfigurationError(name, f"must be an integer, got {raw!r}") from None
     if not low <= value <= high:
-        raise ConfigurationError(name, f"must be between {low} and {high}, got {value}")
+        because = f" ({why})" if why else ""
+        raise ConfigurationError(name, f"must be between {low} and {high}{because}, got {value}")
     return value
 
 
@@ -89,9 +97,12 @@ class RefresherSettings:
             token_secret_id=_required(env, "TOKEN_SECRET_ID"),
             token_url=validate_url(token_url, variable="USAGE_ENGINE_TOKEN_URL"),
             audience=validate_url(audience, variable="USAGE_ENGINE_AUDIENCE"),
-            # Below 5 minutes a single failed scheduled run could let the token expire.
             refresh_margin_seconds=_int_in_range(
-                env, "REFRESH_MARGIN_SECONDS", DEFAULT_REFRESH_MARGIN_SECONDS, 300, 3300
+                env,
+                "REFRESH_MARGIN_SECONDS",
+                DEFAULT_REFRESH_MARGIN_SECONDS,
+                MIN_REFRESH_MARGIN_SECONDS,
+                MAX_REFRESH_MARGIN_SECONDS,
             ),
             rejected_cooldown_seconds=_int_in_range(
                 env, "REJECTED_TOKEN_COOLDOWN_SECONDS", DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS, 0, 900
@@ -115,6 +126,12 @@ class ConsumerSettings:
             api_url=validate_url(api_url, variable="USAGE_ENGINE_API_URL").rstrip("/"),
             refresher_function=env.get("TOKEN_REFRESHER_FUNCTION", "").strip() or None,
             token_expiry_skew_seconds=_int_in_range(
-                env, "TOKEN_EXPIRY_SKEW_SECONDS", DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS, 0, 900
+                env,
+                "TOKEN_EXPIRY_SKEW_SECONDS",
+                DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS,
+                0,
+                MAX_TOKEN_EXPIRY_SKEW_SECONDS,
+                why="at most the refresher's smallest REFRESH_MARGIN_SECONDS, so that a token consumers treat "
+                "as expired is always one the refresher replaces",
             ),
         )
