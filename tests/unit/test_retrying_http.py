@@ -36,7 +36,6 @@ def test_retry_after_values(header: str, seconds: float) -> None:
 def test_no_header_means_no_hint() -> None:
     retry = bounded_retry(max_retries=3, methods={"GET"}, statuses={503})
 
-    class NoHeader:
-        headers: dict[str, str] = {}
-
-    assert retry.get_retry_after(NoHeader()) is None  # type: ignore[arg-type]
+    response = _Response("0")
+    response.headers.clear()
+    assert retry.get_retry_after(response) is None  # type: ignore[arg-type]
