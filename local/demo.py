@@ -252,9 +252,7 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         before = usage_engine.token_requests
         usage_engine.revoke_all_tokens()
         statuses: list[int | str] = []
-        threads = [
-            threading.Thread(target=lambda: statuses.append(_container_call())) for _ in range(10)
-        ]
+        threads = [threading.Thread(target=lambda: statuses.append(_container_call())) for _ in range(10)]
         with output.capture():
             for thread in threads:
                 thread.start()
