@@ -11,7 +11,7 @@ REPORTS: list[str] = []
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     if not REPORTS:
         return
-    terminalreporter.section("simulated day (issue 5, item 5)")
+    terminalreporter.section("simulated day")
     for report in REPORTS:
         for line in report.splitlines():
             terminalreporter.write_line(line)

@@ -7,29 +7,32 @@ import pytest
 from local.simulation import (
     CLIENT_ID,
     CLIENT_SECRET,
-    DEFAULT_TOKEN_URL,
     TOKEN_SECRET,
     Bundle,
-    FakeHttpSession,
+    BundleSettings,
     Outage,
     SecretsManagerFake,
     Simulation,
-    _session_retry,
-    _total_attempts,
+    total_attempts,
 )
-from usage_engine import ClientCredentials, IdpUnavailableError
+from usage_engine import ClientCredentials, ClientCredentialsExchange, Components, IdpUnavailableError
 from usage_engine.aws_clients import SECRETS_MANAGER_CONFIG
 from usage_engine.errors import SecretStoreError
-from usage_engine.idp import ClientCredentialsExchange, token_session
 from usage_engine.secrets_manager import SecretsManagerSecret
+from usage_engine.settings import DEFAULT_TOKEN_URL
 
 
 def exchange_in(sim: Simulation, outage: Outage) -> tuple[ClientCredentialsExchange, Bundle]:
+    """The refresher container's exchange: the layer's token session and Retry policy on the fake IdP."""
     bundle = Bundle(sim, outages=(outage,))
-    session = FakeHttpSession(
-        sim, bundle.usage_engine.idp_transport, _session_retry(token_session()), sync_before_send=True
-    )
-    return ClientCredentialsExchange(session=session, clock=sim.clock), bundle  # type: ignore[arg-type]
+    return bundle.refresher_components.exchange(), bundle
+
+
+def secret_in(secrets: SecretsManagerFake, secret_id: str) -> SecretsManagerSecret:
+    """A consumer container's view of one secret, wired as the container wires it."""
+    sim = secrets.sim
+    components = Components(clock=sim.clock, sleep=sim.elapse, secrets_manager=secrets.client("consumer"))  # type: ignore[arg-type]
+    return components.secret(secret_id)
 
 
 def test_idp_503_with_retry_after_is_retried_by_the_layers_retry_policy_with_the_cap() -> None:
@@ -78,7 +81,7 @@ def test_throttled_reads_are_retried_with_botocores_backoff_and_counted() -> Non
     with Simulation() as sim:
         secrets = SecretsManagerFake(sim, get_quota=2)
         secrets.create(TOKEN_SECRET, "{}")
-        readers = [SecretsManagerSecret(secrets.client("consumer"), TOKEN_SECRET) for _ in range(5)]  # type: ignore[arg-type]
+        readers = [secret_in(secrets, TOKEN_SECRET) for _ in range(5)]
         results: list[str | None] = []
         for reader in readers:
             sim.at(sim.start + 0.1, lambda reader=reader: results.append(reader.read()))
@@ -92,7 +95,7 @@ def test_reads_fail_typed_once_botocores_attempts_are_used_up() -> None:
     with Simulation() as sim:
         secrets = SecretsManagerFake(sim, get_quota=0)
         secrets.create(TOKEN_SECRET, "{}")
-        reader = SecretsManagerSecret(secrets.client("consumer"), TOKEN_SECRET)  # type: ignore[arg-type]
+        reader = secret_in(secrets, TOKEN_SECRET)
         errors: list[str] = []
 
         def read() -> None:
@@ -103,7 +106,7 @@ def test_reads_fail_typed_once_botocores_attempts_are_used_up() -> None:
         sim.at(sim.start, read)
         sim.run()
     # As many requests as the layer's SECRETS_MANAGER_CONFIG allows.
-    assert secrets.gets.total == _total_attempts(SECRETS_MANAGER_CONFIG)
+    assert secrets.gets.total == total_attempts(SECRETS_MANAGER_CONFIG)
     assert "ThrottlingException" in errors[0]
 
 
@@ -126,3 +129,23 @@ def test_the_refresher_has_reserved_concurrency_one() -> None:
     # The first run waits out 4 connect timeouts (~15 s); the second is throttled twice (botocore retries once).
     assert answers == ["ClientError", "ran"] or answers == ["ran", "ClientError"]
     assert bundle.refresher.throttles["sync"] == 2
+
+
+@pytest.mark.parametrize("on_demand", [True, False])
+def test_a_consumer_container_asks_the_refresher_only_when_its_settings_name_it(on_demand: bool) -> None:
+    """The token secret is empty: with TOKEN_REFRESHER_FUNCTION set (Components gives the client a requester)
+    the first call runs the refresher on demand and succeeds; without it the call fails, typed."""
+    with Simulation() as sim:
+        bundle = Bundle(sim, settings=BundleSettings(on_demand_refresh=on_demand))
+        consumer = bundle.consumer("c0")
+        sim.at(sim.start, consumer.invoke)
+        sim.run()
+    assert consumer.client is consumer.components.client(bundle.consumer_settings)
+    assert consumer.client.tokens is consumer.components.provider(bundle.consumer_settings)
+    if on_demand:
+        assert (consumer.stats.succeeded, dict(bundle.refresher.runs)) == (1, {"on-demand:refreshed": 1})
+        assert bundle.usage_engine.idp_issued.total == 1
+    else:
+        assert dict(consumer.stats.failures) == {"TokenUnavailableError": 1}
+        assert not bundle.refresher.runs
+        assert bundle.usage_engine.idp_requests.total == 0

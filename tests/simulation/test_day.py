@@ -1,4 +1,4 @@
-"""Issue 5, item 5: a simulated day - the schedule for 24 h, three IdP outages, consumers calling throughout.
+"""A simulated day - the schedule for 24 h, three IdP outages, consumers calling throughout.
 
 The report is printed at the end of the pytest run (tests/simulation/conftest.py) and recorded in the README.
 """
