@@ -19,9 +19,10 @@ SAM := $(SAM_VENV)/bin/sam
 # sam build runs the layer's and the functions' Makefiles with this PATH: .venv/bin first, so their
 # `python3 -m pip` is .venv's Python (with pip), whichever Python sam itself runs on.
 BUILD_PATH := $(CURDIR)/$(BIN):$(PATH)
-# Coverage of the layer in `make test` (pytest-cov; only in-process coverage counts: handlers that run in
-# subprocesses are not measured, threads are). The full suite measured 00% when this floor was set.
-COVERAGE_FLOOR := 00
+# Coverage floor of the layer in `make test` (pytest-cov, line coverage; only in-process coverage counts: what
+# runs in threads is measured, handlers run in subprocesses are not). The full suite measured 97.6% (1253
+# statements) when this floor was set, a few points below that.
+COVERAGE_FLOOR := 94
 # Lambda's Python (3.13) compiles the layer's bytecode at build time when this machine has it (else the layer
 # ships sources only and every cold start compiles them; see benchmarks/RESULTS.md, section 4).
 LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/python3.13; do \
@@ -93,8 +94,9 @@ pytest: venv
 
 ## The fast tiers alone (tests/unit and tests/property, under 30 s): no build, no emulators, no coverage floor
 ## (the fast tiers alone do not reach the full suite's floor, and a lower one would only guard less).
+# Only their folders are collected, so the other tiers' imports (moto, the SAM translator) cost nothing here.
 unit: venv
-	$(BIN)/python -m pytest -m "unit or property"
+	$(BIN)/python -m pytest -m "unit or property" tests/unit tests/property
 
 ## sam build for one architecture (ARCH=arm64|x86_64); the layer Makefile reads LAYER_ARCHITECTURE.
 build: venv $(SAM_STAMP)
