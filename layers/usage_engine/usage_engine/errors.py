@@ -105,6 +105,17 @@ class TokenUnavailableError(UsageEngineError):
     """No valid access token could be obtained for a consumer."""
 
 
+class DeadlineExceededError(UsageEngineError):
+    """The invocation's remaining time ran out before the operation could finish (or start): transient, the
+    same call succeeds with more time (SQS redelivers the record; an HTTP caller gets a 504)."""
+
+    retryable = True
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what}: the invocation's deadline left no time for it")
+        self.what = what
+
+
 class TokenRejectedError(UsageEngineError):
     """The API rejected the token and recovery could not get a different one (the client reports it as an
     AuthenticationError for the request that was rejected)."""
