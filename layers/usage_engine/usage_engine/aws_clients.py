@@ -9,6 +9,7 @@ import boto3
 from botocore.config import Config
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
@@ -32,6 +33,8 @@ LAMBDA_CONFIG = Config(
 
 SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
 
+DYNAMODB_CONFIG = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 4})
+
 
 # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points these at a local emulator: no special code path.
 def new_secrets_manager_client() -> SecretsManagerClient:
@@ -44,3 +47,7 @@ def new_lambda_client() -> LambdaClient:
 
 def new_sqs_client() -> SQSClient:
     return boto3.client("sqs", config=SQS_CONFIG)
+
+
+def new_dynamodb_client() -> DynamoDBClient:
+    return boto3.client("dynamodb", config=DYNAMODB_CONFIG)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .api_client import UsageEngineClient
-from .aws_clients import new_lambda_client, new_secrets_manager_client, new_sqs_client
+from .aws_clients import new_dynamodb_client, new_lambda_client, new_secrets_manager_client, new_sqs_client
 from .clock import Clock, Sleep, system_clock, system_sleep
 from .dead_letter import DeadLetterQueue
 from .idp import ClientCredentialsExchange
@@ -25,6 +25,7 @@ from .settings import ConsumerSettings, RefresherSettings
 from .token_store import TokenStore
 
 if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
@@ -47,6 +48,7 @@ class Components:
         secrets_manager: SecretsManagerClient | None = None,
         lambda_client: LambdaClient | None = None,
         sqs: SQSClient | None = None,
+        dynamodb: DynamoDBClient | None = None,
         exchange: ClientCredentialsExchange | None = None,
         client_options: Mapping[str, Any] | None = None,
     ) -> None:
@@ -55,7 +57,12 @@ class Components:
         self._client_options = dict(client_options or {})
         self._lock = threading.RLock()
         self._made: dict[Hashable, Any] = {}
-        for key, given in (("secretsmanager", secrets_manager), ("lambda", lambda_client), ("sqs", sqs)):
+        for key, given in (
+            ("secretsmanager", secrets_manager),
+            ("lambda", lambda_client),
+            ("sqs", sqs),
+            ("dynamodb", dynamodb),
+        ):
             if given is not None:
                 self._made[key] = given
         if exchange is not None:
@@ -79,6 +86,9 @@ class Components:
 
     def sqs(self) -> SQSClient:
         return self._once("sqs", new_sqs_client)
+
+    def dynamodb(self) -> DynamoDBClient:
+        return self._once("dynamodb", new_dynamodb_client)
 
     # --- the refresher's parts ---------------------------------------------------------------------------
     def exchange(self) -> ClientCredentialsExchange:
