@@ -23,20 +23,24 @@ class SecretsManagerSecret:
 
     def read(self) -> str | None:
         """The AWSCURRENT string, or None while the secret has no value yet."""
+        return self.read_with_version()[0]
+
+    def read_with_version(self) -> tuple[str | None, str | None]:
+        """The AWSCURRENT string and its version id; (None, None) while the secret has no value yet."""
         try:
             response = self._client.get_secret_value(SecretId=self.secret_id)
         except ClientError as error:
             code = client_error_code(error)
             # A secret created empty (as template.yaml does) answers ResourceNotFound until its first version.
             if code == "ResourceNotFoundException":
-                return None
+                return None, None
             raise SecretStoreError("GetSecretValue", self.secret_id, code) from None
         except BotoCoreError as error:
             raise SecretStoreError("GetSecretValue", self.secret_id, type(error).__name__) from None
         value = response.get("SecretString")
         if value is None:
             raise SecretStoreError("GetSecretValue", self.secret_id, SECRET_BINARY_NOT_SUPPORTED)
-        return value
+        return value, response.get("VersionId")
 
     def write(self, secret_string: str) -> str:
         """Store a new version; it becomes AWSCURRENT atomically. Returns its version id."""
