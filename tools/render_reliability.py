@@ -3,9 +3,10 @@
     python tools/render_reliability.py           # rewrite docs/reliability.md
     python tools/render_reliability.py --check   # exit 1 when the committed document is stale
 
-The matrix is the single source: tests/reliability/test_fault_matrix.py runs one scenario per row and
-asserts its columns, and tests/reliability/test_reliability_doc.py fails when this document differs from
-what this script renders, so the document cannot drift from the tests.
+The matrix is the single source: the scenario modules of tests/reliability (test_idp_faults.py,
+test_secrets_manager_faults.py, test_api_faults.py) run one scenario per row and assert its columns,
+test_fault_matrix.py checks that every row has exactly one scenario, and test_reliability_doc.py fails when
+this document differs from what this script renders, so the document cannot drift from the tests.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ HEADER = """\
 
 # Reliability: the fault matrix
 
-Every row below is one test in `tests/reliability/test_fault_matrix.py`, run by `make test` against the
-real parts: the handlers invoked as Lambda invokes them, moto's server for AWS, the Usage Engine emulator
-on loopback, and the local Lambda endpoint for on-demand refreshes. Faults moto cannot produce
-(throttling, AccessDenied, DecryptionFailure) are answered at botocore's send boundary; TCP faults come
-from loopback sockets that refuse, never answer a SYN, or reset. Retry policies are the production ones;
-their waits are recorded and asserted instead of slept.
+Every row below is one test, run by `make test` against the real parts: the handlers invoked as Lambda
+invokes them, moto's server for AWS, the Usage Engine emulator on loopback, and the local Lambda endpoint
+for on-demand refreshes. The tests live by part in `tests/reliability/test_idp_faults.py`,
+`test_secrets_manager_faults.py` and `test_api_faults.py`, each test id being the row's id (for example
+`test_fault[idp-500]`), and `test_fault_matrix.py` checks that every row has exactly one. Faults moto
+cannot produce (throttling, AccessDenied, DecryptionFailure) are answered at botocore's send boundary; TCP
+faults come from loopback sockets that refuse, never answer a SYN, or reset; a slow answer is a request
+the emulator holds unanswered until the client has timed out. Retry policies are the production ones;
+their waits are recorded and asserted instead of slept, so no row depends on how fast the machine runs it.
 
 Each test asserts the structured columns exactly as shown:
 
@@ -42,9 +46,10 @@ Each test asserts the structured columns exactly as shown:
 * **SQS record** (consumer rows; `-` for refresher runs): *{applied}* (deleted, effect visible in the
   Usage Engine), *{retry}* (visible again in the queue for SQS to redeliver), *{dlq}* (in the dead-letter
   queue with a `reason` attribute). A record in none of these states fails the test: nothing is dropped.
-  A retried record is reported in `batchItemFailures`; when every record of a batch failed (as in these
-  one-record batches), Powertools' BatchProcessor fails the invocation instead (`BatchProcessingError`),
-  and Lambda returns the whole batch to the queue.
+  A retried record is reported in `batchItemFailures`. That holds when every record of a batch failed
+  too (as in these one-record batches): meter_events builds its BatchProcessor with
+  `raise_on_entire_batch_failure=False`, so a whole-batch failure is a normal answer listing every record,
+  not a failed invocation.
 * **Log line**: a Powertools JSON log line with this `message` whose fields contain the detail shown.
 * **Metric**: an EMF metric the run emitted.
 

@@ -21,13 +21,14 @@ from botocore.config import Config
 
 from local.lambda_endpoint import LocalLambdaEndpoint
 from tests.conftest import CLIENT_SECRET, Deployment
-from usage_engine import fingerprint
+from usage_engine import ClientCredentialsExchange, fingerprint, reset_components
 
 NAME = "token-refresher"
 ARN = f"arn:aws:lambda:eu-west-1:123456789012:function:{NAME}"
 FUNCTIONS = {NAME: "token_refresher"}
 # One request, no retry: the tests count what reaches the endpoint (see the max_attempts test below).
 NO_RETRIES = {"total_max_attempts": 1, "mode": "standard"}
+HANG_LIMIT_SECONDS = 120.0
 
 Serve = Callable[..., LocalLambdaEndpoint]
 
@@ -48,7 +49,9 @@ def serve(deployment: Deployment, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
 
 
 def lambda_client(retries: dict[str, Any] | None = None) -> Any:
-    return boto3.client("lambda", config=Config(retries=retries or NO_RETRIES))
+    # A loaded machine may be slow to answer; that must never look like a timeout of the endpoint.
+    config = Config(retries=retries or NO_RETRIES, connect_timeout=HANG_LIMIT_SECONDS, read_timeout=HANG_LIMIT_SECONDS)
+    return boto3.client("lambda", config=config)
 
 
 def invoke(client: Any, event: Any, function: str = NAME, **kwargs: Any) -> tuple[dict[str, Any], bytes]:
@@ -56,10 +59,12 @@ def invoke(client: Any, event: Any, function: str = NAME, **kwargs: Any) -> tupl
     return response, response["Payload"].read()
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+def wait_until(condition: Callable[[], bool]) -> None:
+    """Wait for background work (an Event invocation) to be done. The limit only keeps a broken test from
+    hanging: it is far beyond what any loaded machine needs, so it never decides a passing test."""
+    deadline = time.monotonic() + HANG_LIMIT_SECONDS
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met within {HANG_LIMIT_SECONDS:g} s"
         time.sleep(0.02)
 
 
@@ -188,19 +193,25 @@ def test_dry_run_returns_204_and_runs_nothing(serve: Serve, deployment: Deployme
 def test_reserved_concurrency_throttles_sync_invokes_and_queues_events(serve: Serve, deployment: Deployment) -> None:
     endpoint = serve(reserved=1)
     client = lambda_client()
-    deployment.emulator.set_token_delay(1.0)
+    # Timeouts far longer than the test, so the parked IdP request below is never retried, however slow
+    # the machine: the slow invocation makes exactly one.
+    reset_components(exchange=ClientCredentialsExchange(timeout=(HANG_LIMIT_SECONDS, HANG_LIMIT_SECONDS)))
+    hold = deployment.emulator.hold_next_token_requests()
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        slow = pool.submit(invoke, client, {"reason": "forced"})
-        # The IdP has the request: the slow invocation holds the only slot.
-        wait_until(lambda: deployment.emulator.token_requests == 1)
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            slow = pool.submit(invoke, client, {"reason": "forced"})
+            # The IdP has the request and holds it: the slow invocation holds the only slot until released.
+            hold.wait_parked()
 
-        with pytest.raises(client.exceptions.TooManyRequestsException) as caught:
-            invoke(client, {"reason": "expired"})
-        queued, _ = invoke(client, {"reason": "expired"}, InvocationType="Event")
-        assert endpoint.invocations(NAME) == 0
-        deployment.emulator.set_token_delay(0)
-        response, body = slow.result(timeout=10)
+            with pytest.raises(client.exceptions.TooManyRequestsException) as caught:
+                invoke(client, {"reason": "expired"})
+            queued, _ = invoke(client, {"reason": "expired"}, InvocationType="Event")
+            assert endpoint.invocations(NAME) == 0
+            hold.release()
+            response, body = slow.result(timeout=HANG_LIMIT_SECONDS)
+    finally:
+        hold.release()
 
     error = caught.value.response
     assert error["ResponseMetadata"]["HTTPStatusCode"] == 429

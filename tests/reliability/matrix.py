@@ -1,7 +1,8 @@
 """The fault matrix: one row per fault, what must happen, and how an operator learns of it.
 
-This table is the single source of truth for two things: `test_fault_matrix.py` runs one scenario per row
-and asserts the row's structured columns (typed error, stored token, SQS fate, log line, metric), and
+This table is the single source of truth for two things: the scenario modules of its parts
+(`test_idp_faults.py`, `test_secrets_manager_faults.py`, `test_api_faults.py`) run one scenario per row and
+assert the row's structured columns (typed error, stored token, SQS fate, log line, metric), and
 `tools/render_reliability.py` renders it into docs/reliability.md. Pure data: no imports of the layer.
 """
 

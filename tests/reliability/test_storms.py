@@ -1,9 +1,9 @@
 """Concurrency and storms: many threads in one container, many containers, concurrent refresher runs, and a
 cold start of 500 containers against a throttling Secrets Manager.
 
-Containers are modelled as Lambda builds them: each has its own boto3 clients, TokenProvider and HTTP
-session, in threads of this process, against moto's server, the Usage Engine emulator and the local Lambda
-endpoint (the refresher with reserved concurrency 1, as template.yaml deploys it).
+Containers are modelled as Lambda builds them (tests/reliability/harness/storms.py). No outcome here depends
+on the machine's speed: consumers' busy rounds end when the running refresh has finished, SDK backoff runs on
+a virtual clock, and the large storm runs on a bounded pool of threads.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -23,105 +21,48 @@ import pytest
 import time_machine
 
 from local.lambda_endpoint import LocalLambdaEndpoint
-from local.lambda_runtime import invoke, load_event
 from local.resources import TOKEN_SECRET
-from local.usage_engine_emulator import UsageEngineEmulator
 from tests.conftest import REFRESHER_NAME, Deployment
-from tests.reliability.conftest import AwsFaults
+from tests.reliability.harness.faults import error_response
+from tests.reliability.harness.storms import (
+    RefresherRuns,
+    all_at_once,
+    bounded,
+    generous,
+    get_status,
+    new_container,
+    refresh_now,
+    stored_versions,
+)
 from usage_engine import (
-    ClientCredentialsExchange,
-    LambdaRefreshRequester,
+    Components,
+    ConsumerSettings,
     RefresherSettings,
     RefreshRequest,
     SecretStoreError,
-    TokenProvider,
-    TokenRefresher,
-    TokenStore,
-    UsageEngineClient,
     fingerprint,
 )
-from usage_engine.api_client import BUSY_ATTEMPTS
 from usage_engine.aws_clients import LAMBDA_CONFIG, SECRETS_MANAGER_CONFIG
-from usage_engine.metering import METERS_PATH
-from usage_engine.refresher import CredentialsSource
-from usage_engine.secrets_manager import SecretsManagerSecret
+from usage_engine.recovery import BUSY_ATTEMPTS
 
 # SECRETS_MANAGER_CONFIG: standard retry mode with total_max_attempts=4, which botocore counts as requests.
 SDK_REQUESTS_PER_CALL = 4
 
 
-def refresh_now() -> dict[str, Any]:
-    return dict(invoke("token_refresher", load_event("refresher-scheduled.json")))
-
-
-@dataclass
-class Container:
-    """One Lambda execution environment of a consumer: its own clients, cache and session."""
-
-    reads: AwsFaults
-    tokens: TokenProvider
-    client: UsageEngineClient
-
-    @property
-    def secret_reads(self) -> int:
-        return self.reads.attempts["GetSecretValue"]
-
-
-def new_container(emulator: UsageEngineEmulator) -> Container:
-    # boto3's default session is not thread-safe: containers are built on the main thread.
-    secrets = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-    reads = AwsFaults().install(secrets)
-    tokens = TokenProvider(TokenStore(SecretsManagerSecret(secrets, TOKEN_SECRET)))
-    requester = LambdaRefreshRequester(boto3.client("lambda", config=LAMBDA_CONFIG), REFRESHER_NAME)
-    return Container(reads, tokens, UsageEngineClient(emulator.base_url, tokens, refresher=requester))
-
-
-def all_at_once(count: int, work: Callable[[int], Any]) -> tuple[list[Any], list[BaseException]]:
-    """Run work(0..count-1) in `count` threads released together; results in index order."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def run(index: int) -> None:
-        barrier.wait()
-        try:
-            results[index] = work(index)
-        except BaseException as error:  # noqa: BLE001 - collected and asserted by the caller
-            with lock:
-                errors.append(error)
-
-    threads = [threading.Thread(target=run, args=(i,), name=f"storm-{i}") for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads), "a storm thread hung"
-    return results, errors
-
-
-def stored_versions(deployment: Deployment) -> list[str]:
-    """The access token of every version of the token secret, oldest first."""
-    secrets = deployment.secrets
-    listed = secrets.list_secret_version_ids(SecretId=TOKEN_SECRET)["Versions"]
-    listed.sort(key=lambda version: version["CreatedDate"])
-    values = [secrets.get_secret_value(SecretId=TOKEN_SECRET, VersionId=v["VersionId"]) for v in listed]
-    return [json.loads(value["SecretString"])["access_token"] for value in values]
-
-
-def get_status(client: UsageEngineClient) -> int:
-    response = client.request("GET", METERS_PATH)
-    response.close()
-    return response.status_code
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> RefresherRuns:
+    return RefresherRuns().install(monkeypatch)
 
 
 # --- many threads in one container ------------------------------------------------------------------------------
 
 
-def test_32_threads_in_one_container_share_one_read_then_one_refresh(consumers: Deployment) -> None:
+def test_32_threads_in_one_container_share_one_read_then_one_refresh(
+    consumers: Deployment, runs: RefresherRuns
+) -> None:
     emulator = consumers.emulator
     refresh_now()
-    container = new_container(emulator)
+    container = new_container(runs)
 
     # Cold start: 32 handler threads at once, 5 requests each, served by one GetSecretValue (single flight).
     statuses, errors = all_at_once(32, lambda _: [get_status(container.client) for _ in range(5)])
@@ -147,11 +88,11 @@ def test_32_threads_in_one_container_share_one_read_then_one_refresh(consumers: 
 
 
 def test_50_containers_cold_starting_on_an_expired_token_cause_one_refresh(
-    consumers: Deployment, lambda_endpoint_server: LocalLambdaEndpoint
+    consumers: Deployment, lambda_endpoint_server: LocalLambdaEndpoint, runs: RefresherRuns
 ) -> None:
     emulator = consumers.emulator
     refresh_now()
-    containers = [new_container(emulator) for _ in range(50)]
+    containers = [new_container(runs) for _ in range(50)]
     invocations_before = lambda_endpoint_server.invocations(REFRESHER_NAME)
     throttles_before = lambda_endpoint_server.throttles(REFRESHER_NAME)
 
@@ -177,15 +118,15 @@ def test_50_containers_cold_starting_on_an_expired_token_cause_one_refresh(
 
 
 def test_scheduled_and_on_demand_runs_at_once_make_one_version_per_real_refresh(
-    consumers: Deployment, lambda_endpoint_server: LocalLambdaEndpoint
+    consumers: Deployment, runs: RefresherRuns
 ) -> None:
     """Reserved concurrency 1 (template.yaml): async scheduled runs queue, sync on-demand runs are throttled
     or find the token already replaced. One real refresh, one version, nothing lost."""
     emulator = consumers.emulator
     refresh_now()
     old = consumers.stored_token()["access_token"]
-    invoker = boto3.client("lambda", config=LAMBDA_CONFIG)
-    completed_before = lambda_endpoint_server.invocations(REFRESHER_NAME)
+    invoker = boto3.client("lambda", config=generous(LAMBDA_CONFIG))
+    finished_before = runs.finished
     events = [{"reason": "scheduled"}] * 5
     events += [{"reason": "expired"}] * 5
     events += [{"reason": "rejected", "token_fingerprint": fingerprint(old)}] * 10
@@ -206,10 +147,8 @@ def test_scheduled_and_on_demand_runs_at_once_make_one_version_per_real_refresh(
     with time_machine.travel(time.time() + 41 * 60, tick=True):
         results, errors = all_at_once(len(events), fire)
         ran = sum(1 for r in results if "throttled" not in r)
-        deadline = time.monotonic() + 30
-        while lambda_endpoint_server.invocations(REFRESHER_NAME) - completed_before < ran:
-            assert time.monotonic() < deadline, "queued scheduled runs did not finish"
-            time.sleep(0.02)
+        # The queued scheduled runs go on after their invokes returned: wait for them to finish.
+        runs.wait_finished(finished_before + ran)
 
     assert errors == []
     refreshed = [r for r in results if r.get("refreshed") is True]
@@ -233,19 +172,14 @@ def test_without_the_concurrency_guard_every_version_is_one_real_refresh(deploym
     (seed,) = deployment.secrets.list_secret_version_ids(SecretId=TOKEN_SECRET)["Versions"]
     seed_version = seed["VersionId"]
     settings = RefresherSettings.from_env()
-    runners = []
-    for _ in range(8):
-        # Eight containers, each with its own clients and session.
-        secrets = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-        runners.append(
-            TokenRefresher(
-                store=TokenStore(SecretsManagerSecret(secrets, settings.token_secret_id)),
-                credentials=CredentialsSource(SecretsManagerSecret(secrets, settings.credentials_secret_id)),
-                exchange=ClientCredentialsExchange(),
-                settings=settings,
-            )
+    # Eight containers, each with its own clients and session.
+    runners = [
+        Components(secrets_manager=boto3.client("secretsmanager", config=generous(SECRETS_MANAGER_CONFIG))).refresher(
+            settings
         )
-    emulator.set_token_delay(0.05)  # all decide before the first write lands
+        for _ in range(8)
+    ]
+    emulator.set_token_delay(0.05)  # most decide before the first write lands (any interleaving must hold)
     with time_machine.travel(time.time() + 41 * 60, tick=True):
         outcomes, errors = all_at_once(8, lambda i: runners[i].run(RefreshRequest("scheduled")))
     assert errors == []
@@ -269,16 +203,29 @@ CONTAINERS = 500
 # Modelled throttle: 200 GetSecretValue per second, 50x stricter than Secrets Manager's documented quota
 # (10,000 per second for GetSecretValue and DescribeSecret combined), so that the burst really throttles.
 ADMITTED_PER_SECOND = 200
+# Containers cold-starting at once in real threads; in virtual time all 500 start at the same instant.
+# 16 connections at a time is well inside what moto's loopback server accepts, so no connect can time out.
+WORKERS = 16
+# A loaded machine may be slow to accept; that must never look like a throttle or an outage.
+COLD_START_CONFIG = generous(SECRETS_MANAGER_CONFIG)
 
 
 class _VirtualTime:
-    """botocore's `time` with a per-thread virtual clock: a retry wait advances the waiting thread's clock
-    instead of sleeping. Each container thread starts at 0, the moment of the cold start."""
+    """botocore's `time` with a per-container virtual clock: a retry wait advances the waiting container's
+    clock instead of sleeping. Each container starts at 0, the moment of the cold start."""
 
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self.waits: dict[str, list[float]] = {}
+        self.waits: dict[int, list[float]] = {}
+
+    def start(self, container: int) -> None:
+        self._local.now = 0.0
+        self._local.container = container
+
+    @property
+    def container(self) -> int:
+        return int(self._local.container)
 
     @property
     def now(self) -> float:
@@ -287,7 +234,7 @@ class _VirtualTime:
     def sleep(self, seconds: float) -> None:
         self._local.now = self.now + seconds
         with self._lock:
-            self.waits.setdefault(threading.current_thread().name, []).append(seconds)
+            self.waits.setdefault(self.container, []).append(seconds)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
@@ -301,18 +248,16 @@ class _ThrottlingSecretsManager:
         self._clock = clock
         self._lock = threading.Lock()
         self.admitted: Counter[int] = Counter()
-        self.attempts: Counter[str] = Counter()
+        self.attempts: Counter[int] = Counter()
 
     def before_send(self, request: Any, **_: Any) -> Any:
         second = math.floor(self._clock.now)
         with self._lock:
-            self.attempts[threading.current_thread().name] += 1
+            self.attempts[self._clock.container] += 1
             if self.admitted[second] < ADMITTED_PER_SECOND:
                 self.admitted[second] += 1
                 return None
-        throttled = AwsFaults()
-        throttled.fail("GetSecretValue", "ThrottlingException")
-        return throttled._before_send(request, event_name="before-send.secrets-manager.GetSecretValue")
+        return error_response(request, "ThrottlingException")
 
 
 def test_500_containers_cold_start_with_bounded_reads_and_backoff(
@@ -325,25 +270,29 @@ def test_500_containers_cold_start_with_bounded_reads_and_backoff(
     (measured: 1,165-1,177 requests, 491-496 of 500 served)."""
     refresh_now()
     stored = deployment.stored_token()["access_token"]
+    settings = ConsumerSettings.from_env()
     clock = _VirtualTime()
     throttle = _ThrottlingSecretsManager(clock)
     monkeypatch.setattr(botocore.endpoint, "time", clock)
-    providers = []
-    for _ in range(CONTAINERS):
-        secrets = boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
-        secrets.meta.events.register("before-send.secrets-manager.GetSecretValue", throttle.before_send)
-        providers.append(TokenProvider(TokenStore(SecretsManagerSecret(secrets, TOKEN_SECRET))))
+    sessions = threading.local()
     reads_before = deployment.aws.calls("GetSecretValue")
 
     def cold_start(index: int) -> str:
+        clock.start(index)
+        # boto3's default session is not thread-safe: one session per worker thread builds its containers.
+        if not hasattr(sessions, "boto3"):
+            sessions.boto3 = boto3.session.Session()
+        secrets = sessions.boto3.client("secretsmanager", config=COLD_START_CONFIG)
+        secrets.meta.events.register("before-send.secrets-manager.GetSecretValue", throttle.before_send)
         try:
-            return providers[index].get().value
+            return Components(secrets_manager=secrets).provider(settings).get().value
         except SecretStoreError as error:
             return f"gave up: {error.code}"
+        finally:
+            secrets.close()
 
-    results, errors = all_at_once(CONTAINERS, cold_start)
+    results = bounded(CONTAINERS, cold_start, workers=WORKERS)
 
-    assert errors == []
     served = [r for r in results if not r.startswith("gave up")]
     # A container the SDK gave up on has a typed error naming the throttling, nothing else.
     assert {r for r in results if r.startswith("gave up")} <= {"gave up: ThrottlingException"}
@@ -356,15 +305,17 @@ def test_500_containers_cold_start_with_bounded_reads_and_backoff(
     # One successful read per served container, and only those reached moto.
     assert admitted == len(served) == deployment.aws.calls("GetSecretValue") - reads_before
     # The hard bound, and the model's expected range.
+    assert set(throttle.attempts) == set(range(CONTAINERS))
     assert max(throttle.attempts.values()) <= SDK_REQUESTS_PER_CALL
     assert attempts <= CONTAINERS * SDK_REQUESTS_PER_CALL
     assert attempts <= 1500
     # Every retry was preceded by a jittered exponential wait; no container waited more than 1+2+4 s.
     waits = clock.waits
     assert sum(len(w) for w in waits.values()) == attempts - CONTAINERS
-    for thread_waits in waits.values():
-        assert all(0 <= wait <= min(2**n, 20) for n, wait in enumerate(thread_waits))
-        assert sum(thread_waits) <= 7
+    for container, container_waits in waits.items():
+        assert len(container_waits) == throttle.attempts[container] - 1
+        assert all(0 <= wait <= min(2**n, 20) for n, wait in enumerate(container_waits))
+        assert sum(container_waits) <= 7
     longest = max((sum(w) for w in waits.values()), default=0.0)
     print(
         f"500 cold starts: {attempts} GetSecretValue requests ({attempts / CONTAINERS:.2f}/container), "
