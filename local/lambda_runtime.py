@@ -79,5 +79,10 @@ def invoke(function: str, event: Any, *, context: LocalLambdaContext | None = No
     """Run one invocation: the event and the result cross a JSON boundary, as they do in Lambda."""
     handler: Handler = load_module(function).lambda_handler
     payload = json.loads(json.dumps(event))
-    result = handler(payload, context or LocalLambdaContext(function_name=function))
+    if context is None:
+        # The function's own timeout from template.yaml: handlers bound their waits by what it leaves.
+        from local.stack import timeout_of  # deferred: it reads the template with a dev tool
+
+        context = LocalLambdaContext(function_name=function, timeout_seconds=timeout_of(function))
+    result = handler(payload, context)
     return json.loads(json.dumps(result))

@@ -6,6 +6,7 @@ One source for the local names: the demo, the tests, the simulation and the benc
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ __all__ = [
     "LocalEndpoints",
     "environment_of",
     "shared_environment",
+    "timeout_of",
 ]
 
 CREDENTIALS_SECRET = "usage-engine/credentials"
@@ -52,6 +54,20 @@ class LocalEndpoints:
     dead_letter_queue_url: str = ""
 
 
+def timeout_of(function: str) -> float:
+    """The function's Timeout in template.yaml (Globals, then its own), in seconds."""
+    template = cached_template()
+    own = template["Resources"][FUNCTION_IDS[function]]["Properties"].get("Timeout")
+    value = own if own is not None else template.get("Globals", {}).get("Function", {}).get("Timeout", 3)
+    return float(value)
+
+
+@functools.cache
+def cached_template() -> dict[str, Any]:
+    """template.yaml, parsed once per process (callers must not modify it)."""
+    return load_template()
+
+
 def environment_of(
     function: str,
     endpoints: LocalEndpoints,
@@ -61,7 +77,7 @@ def environment_of(
 ) -> dict[str, str]:
     """The environment template.yaml gives `function` (e.g. "meter_events"), with its resources' local names
     and the emulators' URLs in place of the Usage Engine's, plus POWERTOOLS_TRACE_DISABLED (no X-Ray here)."""
-    template = template or load_template()
+    template = template or cached_template()
     values = {
         # The template's URL overrides are how a deployment points at another Usage Engine; here, the emulator.
         "UsageEngineTokenUrl": endpoints.token_url,
@@ -84,7 +100,7 @@ def environment_of(
 def shared_environment(endpoints: LocalEndpoints, *, parameters: Mapping[str, str] | None = None) -> dict[str, str]:
     """Every function's environment in one (in-process runs share one os.environ): the template gives the
     same value to a variable wherever it sets it, except each function's own service name, left out here."""
-    template = load_template()
+    template = cached_template()
     merged: dict[str, str] = {}
     for function in FUNCTION_IDS:
         for name, value in environment_of(function, endpoints, parameters=parameters, template=template).items():

@@ -1,12 +1,14 @@
 """MeterQuery Lambda: `GET /users/{userId}/meters` on an IAM-authorised HTTP API returns that user's meters.
 
 Usage Engine errors map to HTTP statuses with a JSON error body `{"error": {"code", "message"}}`: 404 and
-429 pass through, a failing Usage Engine is 502, an unreachable one 504, no usable token (or tokens
-rejected even when fresh) 503, a misconfigured function 500.
+429 pass through, a failing Usage Engine is 502, an unreachable one (or one too slow for the function's
+remaining time) 504, no usable token (or tokens rejected even when fresh) 503, a misconfigured function 500.
+The function always answers before its timeout: every wait is bounded by the invocation's deadline.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -18,12 +20,16 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
     AuthenticationError,
+    Deadline,
+    DeadlineExceededError,
+    RefreshHoldOffError,
     SecretStoreError,
     TokenUnavailableError,
     UsageEngineApiError,
     UsageEngineClient,
     UsageEngineError,
     UsageMeteringApi,
+    deadline_scope,
     publish_api_calls,
 )
 from usage_engine.observability import NAMESPACE
@@ -34,6 +40,8 @@ metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
 tracer = Tracer(service=SERVICE)
 app = APIGatewayHttpResolver()
 
+# Kept back from the function's timeout for mapping the error, flushing metrics and returning the answer.
+ANSWER_MARGIN_SECONDS = 1.0
 _USER_ID = re.compile(r"[A-Za-z0-9._@:+\-]{1,128}")
 
 
@@ -49,6 +57,13 @@ def list_user_meters(user_id: str) -> Response[dict[str, Any]]:
 
 
 def _map_error(error: UsageEngineError) -> Response[dict[str, Any]]:
+    if isinstance(error, DeadlineExceededError):
+        logger.warning("Out of time", extra={"error": str(error)})
+        return _error(504, "upstream_timeout", "the Usage Engine did not answer in the time this function has")
+    if isinstance(error, RefreshHoldOffError):
+        logger.warning("No Usage Engine token (holding off)", extra={"error": str(error)})
+        retry_after = str(max(1, math.ceil(error.retry_after_seconds)))
+        return _error(503, "token_unavailable", "no valid Usage Engine token right now; retry shortly", retry_after)
     if isinstance(error, AuthenticationError):
         logger.error("Usage Engine rejected fresh tokens", extra={"error": str(error)})
         return _error(503, "upstream_authentication", "the Usage Engine rejected the service's credentials")
@@ -70,11 +85,12 @@ def _map_error(error: UsageEngineError) -> Response[dict[str, Any]]:
     return _error(500, "internal_error", "the service is misconfigured or its secrets are unreachable")
 
 
-def _error(status: int, code: str, message: str) -> Response[dict[str, Any]]:
+def _error(status: int, code: str, message: str, retry_after: str | None = None) -> Response[dict[str, Any]]:
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
         body={"error": {"code": code, "message": message}},
+        headers={"Retry-After": retry_after} if retry_after else None,
     )
 
 
@@ -84,7 +100,8 @@ def _error(status: int, code: str, message: str) -> Response[dict[str, Any]]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     metrics.add_metric(name="MeterQueries", unit=MetricUnit.Count, value=1)
     try:
-        return app.resolve(event, context)
+        with deadline_scope(Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)):
+            return app.resolve(event, context)
     finally:
         # The client exists only once a route has used it; settings errors surface in the route.
         publish_api_calls(_drain_calls(), service=SERVICE)

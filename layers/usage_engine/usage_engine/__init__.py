@@ -8,16 +8,19 @@ from .api_client import UsageEngineClient
 from .composition import Components, components, reset_components
 from .credentials import ClientCredentials, parse_credentials
 from .dead_letter import DeadLetterQueue
+from .deadline import Deadline, current_deadline, deadline_scope
 from .errors import (
     AuthenticationError,
     ConfigurationError,
     CredentialsError,
     DeadLetterError,
+    DeadlineExceededError,
     IdpError,
     IdpRejectedError,
     IdpUnavailableError,
     MalformedMessageError,
     RefreshFailedError,
+    RefreshHoldOffError,
     RefreshRequestError,
     RefreshUnavailableError,
     RetryableMessageError,
@@ -35,7 +38,7 @@ from .metering import UsageMeteringApi
 from .observability import publish_api_calls
 from .provider import TokenProvider
 from .recovery import TokenRecovery
-from .refresh_requester import LambdaRefreshRequester
+from .refresh_requester import LambdaRefreshRequester, RefreshAnswer
 from .refresher import (
     Decision,
     RefreshOutcome,
@@ -59,6 +62,8 @@ __all__ = [
     "CredentialsError",
     "DeadLetterError",
     "DeadLetterQueue",
+    "Deadline",
+    "DeadlineExceededError",
     "Decision",
     "DecisionReason",
     "IdpError",
@@ -70,7 +75,9 @@ __all__ = [
     "MessageAction",
     "MessageOutcome",
     "MeterEventHandler",
+    "RefreshAnswer",
     "RefreshFailedError",
+    "RefreshHoldOffError",
     "RefreshOutcome",
     "RefreshReason",
     "RefreshRequest",
@@ -95,6 +102,8 @@ __all__ = [
     "UsageEngineError",
     "UsageMeteringApi",
     "components",
+    "current_deadline",
+    "deadline_scope",
     "decide",
     "decode_token",
     "encode_token",

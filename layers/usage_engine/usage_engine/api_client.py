@@ -9,10 +9,11 @@ from typing import Any
 import requests
 
 from .clock import Clock, Sleep, system_clock, system_sleep
+from .deadline import Deadline, current_deadline, deadline_scope
 from .errors import AuthenticationError, TokenRejectedError, UsageEngineApiError
 from .provider import TokenProvider
 from .recovery import BUSY_ATTEMPTS, RefreshRequester, TokenRecovery
-from .retrying_http import bounded_retry, describe_failure, retrying_session
+from .retrying_http import bounded_retry, deadline_timeout, describe_failure, retrying_session
 from .safe_text import is_short_sentence, json_field
 from .token import AccessToken
 
@@ -65,16 +66,23 @@ class UsageEngineClient:
 
         return components().client_from_env()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+    def request(self, method: str, path: str, *, deadline: Deadline | None = None, **kwargs: Any) -> requests.Response:
         """Send a request with the bearer token; return the 2xx response or raise a typed error.
 
         A 401 is healed once: drop that token, re-read the secret, ask the refresher if the secret still
         holds the rejected token, and resend. A second 401 raises AuthenticationError (no loop).
+
+        Every wait (connect, read, backoff, Retry-After, recovery) ends by `deadline`, or by the current
+        `deadline_scope` (the earlier of the two); DeadlineExceededError when no time is left to start.
         """
         method = method.upper()
         if not path.startswith("/") or path.startswith("//"):
             # An absolute URL here would send the bearer token to another host.
             raise ValueError("path must be relative to the API base URL and start with a single '/'")
+        with deadline_scope(deadline or current_deadline()):
+            return self._request(method, path, kwargs)
+
+    def _request(self, method: str, path: str, kwargs: dict[str, Any]) -> requests.Response:
         token = self.recovery.usable_token()
         response = self._send(method, path, token, kwargs)
         if response.status_code == 401:
@@ -93,8 +101,8 @@ class UsageEngineClient:
         response.close()
         raise UsageEngineApiError(method, path, response.status_code, reason)
 
-    def get_json(self, path: str, **kwargs: Any) -> Any:
-        return _json(self.request("GET", path, **kwargs), path)
+    def get_json(self, path: str, *, deadline: Deadline | None = None, **kwargs: Any) -> Any:
+        return _json(self.request("GET", path, deadline=deadline, **kwargs), path)
 
     def drain_call_counts(self) -> dict[str, int]:
         """Responses by status class ("2xx", "4xx", "5xx", "error") since the last drain, for metrics."""
@@ -105,7 +113,8 @@ class UsageEngineClient:
 
     def _send(self, method: str, path: str, token: AccessToken, kwargs: dict[str, Any]) -> requests.Response:
         # A copy: the same arguments are sent again after a 401.
-        options = {"timeout": self._timeout, **kwargs}
+        connect, read = self._timeout
+        options = {"timeout": deadline_timeout(connect, read, what=f"{method} {path}"), **kwargs}
         headers = {"Accept": "application/json", **(options.pop("headers", None) or {})}
         headers["Authorization"] = token.authorization
         try:

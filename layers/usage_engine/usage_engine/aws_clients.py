@@ -31,18 +31,47 @@ LAMBDA_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 2},
 )
 
+# The longest a call can take with the configurations above (attempts x (connect + read), backoff aside for
+# Lambda, whose retry is immediate). Below these, a call under a deadline uses a client bounded by it.
+LAMBDA_FULL_WAIT_SECONDS = 2 * (3 + 25)
+SECRETS_MANAGER_FULL_WAIT_SECONDS = 4 * (3 + 5) + 7
+
+
+def bounded_lambda_config(seconds: int) -> Config:
+    """One attempt whose connect and read both end within `seconds`."""
+    return LAMBDA_CONFIG.merge(
+        Config(
+            connect_timeout=min(3, seconds), read_timeout=seconds, retries={"mode": "standard", "total_max_attempts": 1}
+        )
+    )
+
+
+def bounded_secrets_manager_config(seconds: int) -> Config:
+    """Fewer attempts, each ending within `seconds`: a throttled read then fails fast (a retryable error) instead
+    of backing off past the invocation's deadline."""
+    attempts = max(1, min(4, seconds // 8))
+    per_attempt = max(1, seconds // attempts)
+    return SECRETS_MANAGER_CONFIG.merge(
+        Config(
+            connect_timeout=min(3, per_attempt),
+            read_timeout=min(5, per_attempt),
+            retries={"mode": "standard", "total_max_attempts": attempts},
+        )
+    )
+
+
 SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
 
 DYNAMODB_CONFIG = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 4})
 
 
 # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points these at a local emulator: no special code path.
-def new_secrets_manager_client() -> SecretsManagerClient:
-    return boto3.client("secretsmanager", config=SECRETS_MANAGER_CONFIG)
+def new_secrets_manager_client(config: Config = SECRETS_MANAGER_CONFIG) -> SecretsManagerClient:
+    return boto3.client("secretsmanager", config=config)
 
 
-def new_lambda_client() -> LambdaClient:
-    return boto3.client("lambda", config=LAMBDA_CONFIG)
+def new_lambda_client(config: Config = LAMBDA_CONFIG) -> LambdaClient:
+    return boto3.client("lambda", config=config)
 
 
 def new_sqs_client() -> SQSClient:

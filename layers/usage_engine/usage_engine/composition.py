@@ -12,7 +12,16 @@ from collections.abc import Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .api_client import UsageEngineClient
-from .aws_clients import new_dynamodb_client, new_lambda_client, new_secrets_manager_client, new_sqs_client
+from .aws_clients import (
+    LAMBDA_FULL_WAIT_SECONDS,
+    SECRETS_MANAGER_FULL_WAIT_SECONDS,
+    bounded_lambda_config,
+    bounded_secrets_manager_config,
+    new_dynamodb_client,
+    new_lambda_client,
+    new_secrets_manager_client,
+    new_sqs_client,
+)
 from .clock import Clock, Sleep, system_clock, system_sleep
 from .dead_letter import DeadLetterQueue
 from .idp import ClientCredentialsExchange
@@ -57,14 +66,11 @@ class Components:
         self._client_options = dict(client_options or {})
         self._lock = threading.RLock()
         self._made: dict[Hashable, Any] = {}
-        for key, given in (
-            ("secretsmanager", secrets_manager),
-            ("lambda", lambda_client),
-            ("sqs", sqs),
-            ("dynamodb", dynamodb),
-        ):
-            if given is not None:
-                self._made[key] = given
+        given_clients = {"secretsmanager": secrets_manager, "lambda": lambda_client, "sqs": sqs, "dynamodb": dynamodb}
+        # An injected client is used as it is, deadline or not: its owner chose its timeouts.
+        self._injected = {key for key, given in given_clients.items() if given is not None}
+        for key in self._injected:
+            self._made[key] = given_clients[key]
         if exchange is not None:
             self._made["exchange"] = exchange
 
@@ -84,6 +90,23 @@ class Components:
     def lambda_client(self) -> LambdaClient:
         return self._once("lambda", new_lambda_client)
 
+    def secrets_manager_within(self, seconds: float) -> SecretsManagerClient:
+        """A client whose attempts all end within `seconds` (whole seconds, at least 1; cached per value)."""
+        if "secretsmanager" in self._injected:
+            return self.secrets_manager()
+        budget = max(1, int(seconds))
+        return self._once(
+            ("secretsmanager-within", budget),
+            lambda: new_secrets_manager_client(bounded_secrets_manager_config(budget)),
+        )
+
+    def lambda_client_within(self, seconds: float) -> LambdaClient:
+        """A client making one invoke that ends within `seconds` (whole seconds, at least 1; cached per value)."""
+        if "lambda" in self._injected:
+            return self.lambda_client()
+        budget = max(1, int(seconds))
+        return self._once(("lambda-within", budget), lambda: new_lambda_client(bounded_lambda_config(budget)))
+
     def sqs(self) -> SQSClient:
         return self._once("sqs", new_sqs_client)
 
@@ -96,7 +119,12 @@ class Components:
         return self._once("exchange", lambda: ClientCredentialsExchange(clock=self.clock))
 
     def secret(self, secret_id: str) -> SecretsManagerSecret:
-        return SecretsManagerSecret(self.secrets_manager(), secret_id)
+        return SecretsManagerSecret(
+            self.secrets_manager(),
+            secret_id,
+            client_within=self.secrets_manager_within,
+            full_wait_seconds=SECRETS_MANAGER_FULL_WAIT_SECONDS,
+        )
 
     def token_store(self, secret_id: str) -> TokenStore:
         return TokenStore(self.secret(secret_id))
@@ -126,7 +154,12 @@ class Components:
         )
 
     def refresh_requester(self, function_name: str) -> LambdaRefreshRequester:
-        return LambdaRefreshRequester(self.lambda_client(), function_name)
+        return LambdaRefreshRequester(
+            self.lambda_client(),
+            function_name,
+            client_within=self.lambda_client_within,
+            full_wait_seconds=LAMBDA_FULL_WAIT_SECONDS,
+        )
 
     def client(self, settings: ConsumerSettings) -> UsageEngineClient:
         """One per settings: its session pools connections across warm invocations."""

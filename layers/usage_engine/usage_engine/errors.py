@@ -149,6 +149,15 @@ class AuthenticationError(UsageEngineApiError):
         return True
 
 
+class RefreshHoldOffError(TokenUnavailableError):
+    """This container asked the refresher moments ago and got no token: it does not ask again (nor read the
+    secret) until `retry_after_seconds` have passed. Transient."""
+
+    def __init__(self, message: str, *, retry_after_seconds: float) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class RefreshUnavailableError(TokenUnavailableError):
     """The on-demand refresh could not be requested (refresher failing, not deployed, or not allowed)."""
 

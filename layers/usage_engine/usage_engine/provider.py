@@ -82,6 +82,13 @@ class TokenProvider:
             flight.done.set()
         return flight.token
 
+    def peek(self) -> AccessToken | None:
+        """The cached token if it is still usable, without reading the secret (never any I/O)."""
+        cached = self._cached
+        if cached is not None and cached.is_usable(self._clock(), skew_seconds=self._skew):
+            return cached
+        return None
+
     def _load(self) -> AccessToken:
         stored = self._store.load()
         if stored.token is None:

@@ -2,7 +2,8 @@
 
 The client asks for a token and, after a 401, for a replacement; everything in between lives here: re-reading
 the secret (another container may already have replaced the token), asking the refresher on demand, waiting
-while it is busy, and holding off after a failed on-demand refresh.
+while it is busy, re-reading until the secret shows the token the refresher reported (read-your-write), and
+holding off after a failed on-demand refresh. Every wait ends by the current deadline (`deadline_scope`).
 """
 
 from __future__ import annotations
@@ -12,19 +13,31 @@ import random
 from typing import Protocol
 
 from .clock import Clock, Sleep, system_clock, system_sleep
-from .errors import RefreshUnavailableError, TokenRejectedError, TokenUnavailableError
+from .deadline import MIN_ATTEMPT_SECONDS, Deadline, current_deadline
+from .errors import (
+    DeadlineExceededError,
+    RefreshHoldOffError,
+    RefreshUnavailableError,
+    TokenRejectedError,
+    TokenUnavailableError,
+)
 from .provider import TokenProvider
+from .refresh_requester import RefreshAnswer
 from .states import RefreshReason, RefreshResult
 from .token import AccessToken
 
 # When the refresher is busy (reserved concurrency 1), wait with jitter and re-read the secret.
 BUSY_ATTEMPTS = 6
 BUSY_BASE_DELAY_SECONDS = 0.25
-# After an on-demand refresh ended without a usable token, this container does not ask the refresher again for
-# a jittered 50-100% of this: its invocations still read the secret (and so pick up a token the schedule or
-# another container stored) but fail fast. Without it, during an IdP outage longer than a token's lifetime every
-# invocation runs the whole busy loop (up to 6 GetSecretValue and 12 Invoke calls): at fleet scale that nears
-# the account's GetSecretValue quota (benchmarks/RESULTS.md).
+# After the refresher reported a new token, re-read until the secret shows it (a replica region or a cache
+# can lag a write by seconds), at most this many times, backing off from this delay.
+READ_YOUR_WRITE_ATTEMPTS = 5
+READ_YOUR_WRITE_BASE_DELAY_SECONDS = 0.1
+# After an on-demand refresh ended without a usable token, this container holds off for a jittered 50-100% of
+# this: calls fail at once with RefreshHoldOffError (no secret read, no refresher call) unless the cache still
+# has a usable token; the first call after the window probes again (one read, one refresher call). During an IdP
+# outage longer than a token's lifetime that is at most one read and one invoke per window and container,
+# instead of a read per call (benchmarks/RESULTS.md, fleet simulation).
 REFRESH_HOLD_OFF_SECONDS = 30.0
 # After a 401, wait a random 0..this before re-reading the secret. A revocation reaches every container holding
 # the token within the same moment: spread out, most re-reads come after the first refresh has stored a new
@@ -33,7 +46,7 @@ REJECTED_REREAD_JITTER_SECONDS = 0.5
 
 
 class RefreshRequester(Protocol):
-    def request(self, reason: RefreshReason, token_fingerprint: str | None = None) -> RefreshResult: ...
+    def request(self, reason: RefreshReason, token_fingerprint: str | None = None) -> RefreshAnswer | str: ...
 
 
 class TokenRecovery:
@@ -57,6 +70,7 @@ class TokenRecovery:
 
     def usable_token(self) -> AccessToken:
         """The cached or stored token; if it has expired, one from an on-demand refresh."""
+        self._fail_fast_while_holding_off(RefreshReason.EXPIRED)
         try:
             return self.tokens.get()
         except TokenUnavailableError:
@@ -67,7 +81,8 @@ class TokenRecovery:
     def replace_rejected(self, rejected: AccessToken) -> AccessToken:
         """A token other than `rejected`, or TokenRejectedError / TokenUnavailableError saying why not."""
         self.tokens.invalidate(rejected)
-        self._sleep(random.uniform(0, REJECTED_REREAD_JITTER_SECONDS))  # noqa: S311  # nosec B311 - jitter
+        self._fail_fast_while_holding_off(RefreshReason.REJECTED)
+        self._wait(random.uniform(0, REJECTED_REREAD_JITTER_SECONDS), current_deadline())  # noqa: S311  # nosec B311 - jitter
         try:
             current = self.tokens.get()
             if current.value != rejected.value:
@@ -82,40 +97,88 @@ class TokenRecovery:
             raise TokenRejectedError("the refresher kept the rejected token (cooldown)")
         return token
 
+    def holding_off(self) -> bool:
+        return self._clock() < self._hold_off_until
+
+    def _fail_fast_while_holding_off(self, reason: RefreshReason) -> None:
+        if not self.holding_off():
+            return
+        cached = self.tokens.peek()
+        if cached is not None and reason == RefreshReason.EXPIRED:
+            return
+        raise RefreshHoldOffError(
+            f"no valid token; an on-demand refresh ({reason}) failed moments ago, next attempt in "
+            f"{max(0.0, self._hold_off_until - self._clock()):.0f} s",
+            retry_after_seconds=max(0.0, self._hold_off_until - self._clock()),
+        )
+
     def _refresh_and_read(self, reason: RefreshReason, rejected: AccessToken | None) -> AccessToken:
         """Ask the refresher, then read the secret; while it is busy, back off with full jitter and re-read.
 
         When that ends without a token, the next calls within the hold-off fail fast instead of asking again.
+        Running out of the invocation's time is not a failed refresh: it raises DeadlineExceededError and sets
+        no hold-off.
         """
         refresher = self._refresher
         if refresher is None:
             raise TokenUnavailableError("no valid token and on-demand refresh is off (TOKEN_REFRESHER_FUNCTION)")
-        if self._clock() < self._hold_off_until:
-            raise TokenUnavailableError(f"no valid token; an on-demand refresh ({reason}) failed moments ago")
         try:
-            return self._ask_refresher_and_read(refresher, reason, rejected)
+            return self._ask_refresher_and_read(refresher, reason, rejected, current_deadline())
         except (TokenUnavailableError, RefreshUnavailableError):
             jitter = random.uniform(0.5, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
             self._hold_off_until = self._clock() + jitter * REFRESH_HOLD_OFF_SECONDS
             raise
 
     def _ask_refresher_and_read(
-        self, refresher: RefreshRequester, reason: RefreshReason, rejected: AccessToken | None
+        self, refresher: RefreshRequester, reason: RefreshReason, rejected: AccessToken | None, deadline: Deadline
     ) -> AccessToken:
         fingerprint = rejected.fingerprint if rejected is not None else None
         last_problem = "the refresher did not produce a token"
         for attempt in range(self._busy_attempts):
-            result = refresher.request(reason, fingerprint)
+            answer = _as_answer(refresher.request(reason, fingerprint))
             if rejected is not None:
                 self.tokens.invalidate(rejected)
+            if answer.token_fingerprint is not None:
+                return self._read_until(answer.token_fingerprint, deadline)
             try:
                 token = self.tokens.get()
             except TokenUnavailableError as error:
                 last_problem = str(error)
             else:
-                if rejected is None or token.value != rejected.value or result != RefreshResult.BUSY:
+                if rejected is None or token.value != rejected.value or answer.result != RefreshResult.BUSY:
                     return token
-            if result != RefreshResult.BUSY:
-                break
-            self._sleep(random.uniform(0, BUSY_BASE_DELAY_SECONDS * 2**attempt))  # noqa: S311  # nosec B311 - jitter, not cryptography
+            if answer.result != RefreshResult.BUSY or attempt == self._busy_attempts - 1:
+                break  # no sleep after the last attempt
+            delay = random.uniform(0, BUSY_BASE_DELAY_SECONDS * 2**attempt)  # noqa: S311  # nosec B311 - jitter
+            if deadline.remaining() < delay + MIN_ATTEMPT_SECONDS:
+                raise DeadlineExceededError("waiting for the busy token refresher")
+            self._sleep(delay)
         raise TokenUnavailableError(f"no valid token after asking the refresher ({reason}): {last_problem}")
+
+    def _read_until(self, fingerprint: str, deadline: Deadline) -> AccessToken:
+        """Re-read the secret until it holds the token the refresher reported (read-your-write)."""
+        seen = "nothing"
+        for attempt in range(READ_YOUR_WRITE_ATTEMPTS):
+            token = self.tokens.get()
+            if token.fingerprint == fingerprint:
+                return token
+            seen = f"token {token.fingerprint}"
+            self.tokens.invalidate(token)
+            if attempt == READ_YOUR_WRITE_ATTEMPTS - 1:
+                break
+            delay = READ_YOUR_WRITE_BASE_DELAY_SECONDS * 2**attempt
+            if deadline.remaining() < delay + MIN_ATTEMPT_SECONDS:
+                raise DeadlineExceededError(f"waiting for the token secret to show token {fingerprint}")
+            self._sleep(delay)
+        raise TokenUnavailableError(
+            f"the refresher reported token {fingerprint} but the token secret still holds {seen} "
+            f"after {READ_YOUR_WRITE_ATTEMPTS} reads (a replica or cache lagging behind)"
+        )
+
+    def _wait(self, seconds: float, deadline: Deadline) -> None:
+        self._sleep(max(0.0, min(seconds, deadline.remaining() - MIN_ATTEMPT_SECONDS)))
+
+
+def _as_answer(answer: RefreshAnswer | str) -> RefreshAnswer:
+    # A requester may answer with a bare result (older custom requesters, test doubles).
+    return answer if isinstance(answer, RefreshAnswer) else RefreshAnswer(RefreshResult(answer))

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Self
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, InvalidHeader, NewConnectionError, ReadTimeoutError
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    InvalidHeader,
+    MaxRetryError,
+    NewConnectionError,
+    ReadTimeoutError,
+    ResponseError,
+)
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
+
+from .deadline import MIN_ATTEMPT_SECONDS, Deadline, current_deadline
 
 
 class CappedRetry(Retry):
-    """urllib3's Retry, with Retry-After capped so a server cannot park a Lambda until its timeout."""
+    """urllib3's Retry, with Retry-After capped so a server cannot park a Lambda until its timeout, and no
+    retry that the current deadline (`deadline_scope`) leaves no time for: the last answer (or error) is
+    returned instead of sleeping into the Lambda timeout."""
 
     MAX_RETRY_AFTER_SECONDS = 10.0
 
@@ -30,11 +42,61 @@ class CappedRetry(Retry):
                 return 0.0
             return min(max(seconds, 0.0), self.MAX_RETRY_AFTER_SECONDS) if math.isfinite(seconds) else 0.0
 
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Self:
+        new_retry = super().increment(method, url, response, error, _pool, _stacktrace)
+        wait = _planned_wait(new_retry, response)
+        if current_deadline().remaining() < wait + MIN_ATTEMPT_SECONDS:
+            # The same exception urllib3 raises when the budget is spent: for a status retry it hands back the
+            # last response (raise_on_status=False); for an error the caller sees that error.
+            reason = error or ResponseError(f"no time left to retry HTTP {getattr(response, 'status', '?')}")
+            raise MaxRetryError(_pool, url or "", reason) from reason
+        return new_retry
+
     def get_retry_after(self, response: Any) -> float | None:
         retry_after = super().get_retry_after(response)
         if retry_after is None:
             return None
         return min(retry_after, self.MAX_RETRY_AFTER_SECONDS)
+
+
+def _planned_wait(retry: Retry, response: Any) -> float:
+    if response is not None and retry.respect_retry_after_header:
+        retry_after = retry.get_retry_after(response)
+        if retry_after:
+            return retry_after
+    # Backoff with its jitter is drawn at sleep time; the estimate is its upper bound.
+    return min(retry.get_backoff_time() + retry.backoff_jitter, retry.backoff_max)
+
+
+class DeadlineTimeout(Timeout):
+    """A (connect, read) timeout that never reaches past the deadline: urllib3 clones the timeout for every
+    attempt, retries included, so each attempt gets what is left at its own start."""
+
+    def __init__(self, connect: float, read: float, deadline: Deadline) -> None:
+        super().__init__(connect=connect, read=read)
+        self._base = (connect, read)
+        self._deadline = deadline
+
+    def clone(self) -> Timeout:
+        left = max(self._deadline.remaining(), MIN_ATTEMPT_SECONDS)
+        connect, read = self._base
+        return Timeout(connect=min(connect, left), read=min(read, left))
+
+
+def deadline_timeout(connect: float, read: float, *, what: str, deadline: Deadline | None = None) -> Timeout:
+    """The timeout to pass to requests for one call under `deadline` (default: the current one).
+    DeadlineExceededError when not even one attempt fits."""
+    deadline = deadline or current_deadline()
+    deadline.check(what)
+    return DeadlineTimeout(connect, read, deadline)
 
 
 def bounded_retry(

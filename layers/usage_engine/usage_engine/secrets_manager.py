@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import SECRET_BINARY_NOT_SUPPORTED, SecretStoreError
+from .deadline import MIN_ATTEMPT_SECONDS, current_deadline
+from .errors import SECRET_BINARY_NOT_SUPPORTED, DeadlineExceededError, SecretStoreError
 from .safe_text import client_error_code
 
 if TYPE_CHECKING:
@@ -17,9 +19,28 @@ __all__ = ["SECRET_BINARY_NOT_SUPPORTED", "SecretsManagerSecret"]
 
 
 class SecretsManagerSecret:
-    def __init__(self, client: SecretsManagerClient, secret_id: str) -> None:
+    def __init__(
+        self,
+        client: SecretsManagerClient,
+        secret_id: str,
+        *,
+        client_within: Callable[[float], SecretsManagerClient] | None = None,
+        full_wait_seconds: float = 0.0,
+    ) -> None:
         self._client = client
+        # With less time left than `client` may take (its timeouts, retries and backoff), a client whose
+        # attempts end in time reads instead: a throttled read then fails fast rather than past the deadline.
+        self._client_within = client_within
+        self._full_wait = full_wait_seconds
         self.secret_id = secret_id
+
+    def _client_for_now(self, operation: str) -> SecretsManagerClient:
+        remaining = current_deadline().remaining()
+        if remaining < MIN_ATTEMPT_SECONDS:
+            raise DeadlineExceededError(f"Secrets Manager {operation} on {self.secret_id}")
+        if self._client_within is not None and remaining < self._full_wait:
+            return self._client_within(remaining)
+        return self._client
 
     def read(self) -> str | None:
         """The AWSCURRENT string, or None while the secret has no value yet."""
@@ -28,7 +49,7 @@ class SecretsManagerSecret:
     def read_with_version(self) -> tuple[str | None, str | None]:
         """The AWSCURRENT string and its version id; (None, None) while the secret has no value yet."""
         try:
-            response = self._client.get_secret_value(SecretId=self.secret_id)
+            response = self._client_for_now("GetSecretValue").get_secret_value(SecretId=self.secret_id)
         except ClientError as error:
             code = client_error_code(error)
             # A secret created empty (as template.yaml does) answers ResourceNotFound until its first version.
