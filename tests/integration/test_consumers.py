@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -17,6 +18,7 @@ from local.lambda_runtime import invoke, load_event
 from local.resources import TOKEN_SECRET, publish_meter_events
 from local.sqs_event_source import SqsEventSource
 from tests.conftest import CLIENT_SECRET, REFRESHER_NAME, Deployment
+from tests.reliability.harness.storms import RefresherRuns
 from usage_engine import (
     AuthenticationError,
     Components,
@@ -31,20 +33,25 @@ def refresh_now() -> dict[str, Any]:
     return dict(invoke("token_refresher", load_event("refresher-scheduled.json")))
 
 
-def new_container_client(emulator_url: str, *, refresher: bool = True) -> UsageEngineClient:
+def new_container_client(
+    emulator_url: str, *, refresher: bool = True, sleep: Callable[[float], None] | None = None
+) -> UsageEngineClient:
     """What one Lambda container builds: its own boto3 clients, TokenProvider and HTTP session."""
     settings = ConsumerSettings(
         token_secret_id=TOKEN_SECRET, api_url=emulator_url, refresher_function=REFRESHER_NAME if refresher else None
     )
-    return Components().client(settings)
+    return (Components(sleep=sleep) if sleep else Components()).client(settings)
 
 
 def test_20_containers_recover_from_a_revocation_with_one_idp_request(
-    consumers: Deployment, lambda_endpoint_server: LocalLambdaEndpoint
+    consumers: Deployment, lambda_endpoint_server: LocalLambdaEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     emulator = consumers.emulator
     refresh_now()
-    clients = [new_container_client(emulator.base_url) for _ in range(20)]
+    # A consumer's recovery waits end when no refresher run is in flight (what the wall-clock wait stands for),
+    # so a slow machine cannot make a container give up before the one refresh has finished.
+    runs = RefresherRuns().install(monkeypatch)
+    clients = [new_container_client(emulator.base_url, sleep=runs.sleep) for _ in range(20)]
     for client in clients:
         assert client.request("GET", METERS_PATH).status_code == 200
     requests_before = emulator.token_requests
