@@ -136,7 +136,7 @@ reliability-doc: venv
 security: venv
 	$(BIN)/python -m pytest tests/security -rs
 
-## Benchmarks and the fleet simulation (issue 6): rewrites benchmarks/RESULTS.md (about 4 minutes on 2 cores).
+## Benchmarks and the fleet simulation: rewrites benchmarks/RESULTS.md (about 4 minutes on 2 cores).
 bench: venv
 	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --output benchmarks/RESULTS.md
 
@@ -144,7 +144,7 @@ bench: venv
 bench-smoke: venv
 	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --quick
 
-## The simulated day (issue 5) alone; it is also printed at the end of `make test`.
+## The simulated day alone; it is also printed at the end of `make test`.
 day: venv
 	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
 
