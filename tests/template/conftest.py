@@ -18,13 +18,50 @@ import pytest
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-from local.template import REGION, REPO_ROOT, TEMPLATE_PATH, Evaluator, UnresolvedError, load_template
+from local import template as local_template
+from local.template import REGION, REPO_ROOT, TEMPLATE_PATH, UnresolvedError, load_template
 
 __all__ = ["REGION", "REPO_ROOT", "TEMPLATE_PATH", "Evaluator", "UnresolvedError"]
 
 REFRESHER_ID = "TokenRefresherFunction"
 CREDENTIALS_SECRET_ID = "CredentialsSecret"
 TOKEN_SECRET_ID = "TokenSecret"
+
+
+class Evaluator(local_template.Evaluator):
+    """local.template's evaluator plus what the replica regions and the Rules section use: list parameters
+    (`Ref` of a CommaDelimitedList gives its members, trimmed, as CloudFormation does), `Fn::Join`, `Fn::Or`,
+    `Fn::And` and the rule function `Fn::Contains`."""
+
+    def _is_list_parameter(self, name: str) -> bool:
+        parameter = self.template["Parameters"].get(name)
+        return parameter is not None and parameter["Type"] == "CommaDelimitedList"
+
+    def resolve(self, node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            ((function, argument),) = node.items()
+            if function == "Ref" and self._is_list_parameter(argument):
+                return [member.strip() for member in self.values[argument].split(",")]
+            if function == "Fn::Join":
+                separator, items = argument
+                return separator.join(str(item) for item in self.resolve(items))
+            if function == "Fn::Or":
+                return any(self.resolve(item) for item in argument)
+            if function == "Fn::And":
+                return all(self.resolve(item) for item in argument)
+            if function == "Fn::Contains":
+                items, value = argument
+                return self.resolve(value) in self.resolve(items)
+        return super().resolve(node)
+
+    def failed_rules(self) -> list[str]:
+        """The AssertDescription of every Rules assertion that would refuse these parameter values."""
+        failed = []
+        for rule in self.template.get("Rules", {}).values():
+            if "RuleCondition" in rule and not self.resolve(rule["RuleCondition"]):
+                continue
+            failed += [a["AssertDescription"] for a in rule["Assertions"] if self.resolve(a["Assert"]) is not True]
+        return failed
 
 
 def _plain(node: Any) -> Any:
@@ -108,6 +145,15 @@ def policy_documents(resource: dict[str, Any]) -> Iterator[dict[str, Any]]:
 def statements(document: dict[str, Any]) -> list[dict[str, Any]]:
     found = document["Statement"]
     return found if isinstance(found, list) else [found]
+
+
+def possible_statements(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every statement a policy can contain: both branches of a statement-level Fn::If, no AWS::NoValue."""
+    found = []
+    for statement in statements(document):
+        branches = statement["Fn::If"][1:] if set(statement) == {"Fn::If"} else [statement]
+        found += [branch for branch in branches if branch != {"Ref": "AWS::NoValue"}]
+    return found
 
 
 def as_list(value: Any) -> list[Any]:

@@ -15,6 +15,8 @@ from tests.template.conftest import (
     FUNCTION_IDS,
     KEY_ARN,
     REFRESHER_ID,
+    Evaluator,
+    possible_statements,
     references,
     resources_of_type,
 )
@@ -134,6 +136,48 @@ def test_alarm_topic_admits_only_this_stacks_alarms(cfn_resources):
     assert statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"].endswith(":alarm:${AWS::StackName}-*")
 
 
+def unscoped_topic_publishers(resources: dict[str, dict[str, Any]]) -> list[Any]:
+    """Services the alarm topic admits without naming the one source (alarm or rule) they act for."""
+    document = resources["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]
+    return [
+        statement["Principal"]
+        for statement in possible_statements(document)
+        if statement["Effect"] == "Allow"
+        and not any("aws:SourceArn" in keyed for keyed in statement.get("Condition", {}).values())
+    ]
+
+
+def test_replication_failures_notify_the_alarm_topic_when_there_are_replicas(sam_template, cfn_resources):
+    rule = cfn_resources["TokenSecretReplicationFailedRule"]
+    assert rule["Condition"] == "HasReplicas"
+    assert rule["Properties"]["EventPattern"] == {
+        "source": ["aws.secretsmanager"],
+        "detail": {"eventSource": ["secretsmanager.amazonaws.com"], "eventName": ["ReplicationFailed"]},
+    }
+    (target,) = rule["Properties"]["Targets"]
+    assert target["Arn"] == ALARM_TOPIC
+    # The topic admits EventBridge only for that rule, and only while the rule exists.
+    document = cfn_resources["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]
+    (conditional,) = [s for s in document["Statement"] if set(s) == {"Fn::If"}]
+    condition, statement, otherwise = conditional["Fn::If"]
+    assert (condition, otherwise) == ("HasReplicas", {"Ref": "AWS::NoValue"})
+    assert statement["Principal"] == {"Service": "events.amazonaws.com"}
+    assert statement["Condition"] == {
+        "ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["TokenSecretReplicationFailedRule", "Arn"]}}
+    }
+    assert unscoped_topic_publishers(cfn_resources) == []
+    assert not Evaluator(sam_template, {}).condition("HasReplicas")
+    assert Evaluator(sam_template, {"TokenSecretReplicaRegions": "us-east-1"}).condition("HasReplicas")
+
+
+def test_negative_the_topic_check_sees_an_unscoped_publisher(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    statements = broken["AlarmTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (conditional,) = [s for s in statements if set(s) == {"Fn::If"}]
+    del conditional["Fn::If"][1]["Condition"]
+    assert unscoped_topic_publishers(broken) == [{"Service": "events.amazonaws.com"}]
+
+
 # --- Logs and encryption --------------------------------------------------------------------------------
 
 
@@ -186,7 +230,6 @@ def test_negative_the_encryption_check_sees_an_sse_sqs_queue(cfn_resources):
 
 
 def test_refresher_failure_handling(refresher, cfn_resources):
-    assert refresher["Properties"]["ReservedConcurrentExecutions"] == 1
     (config,) = [
         c["Properties"]
         for c in resources_of_type(cfn_resources, "AWS::Lambda::EventInvokeConfig").values()

@@ -1,18 +1,32 @@
-"""Parameters, mappings and conditions, resolved for concrete parameter sets (conftest.Evaluator): what
-CloudFormation would deploy for a US tenant, an override, an existing secret or key, replica regions."""
+"""Parameters, mappings, conditions and rules, resolved for concrete parameter sets (conftest.Evaluator): what
+CloudFormation would deploy for a US tenant, an override, an existing secret or key, replica regions, and which
+parameter values it refuses."""
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
+import botocore.session
 import pytest
 
-from tests.template.conftest import Evaluator
+from tests.template.conftest import REGION, REPO_ROOT, Evaluator
 
 EXISTING_SECRET = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:usage-engine/creds-AbC123"
 EXISTING_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 ADMIN = "arn:aws:iam::123456789012:role/break-glass"
+OPERATOR = "arn:aws:iam::123456789012:role/usage-engine-operator"
+
+
+def accepted(template: dict[str, Any], name: str, value: str) -> bool:
+    """Whether the parameter's AllowedPattern admits value; for a CommaDelimitedList CloudFormation matches
+    each member (trimmed) instead of the whole value."""
+    parameter = template["Parameters"][name]
+    pattern = re.compile(parameter["AllowedPattern"])
+    if parameter["Type"] == "CommaDelimitedList":
+        return all(pattern.match(member.strip()) for member in value.split(","))
+    return pattern.match(value) is not None
 
 
 def resolved(template: dict[str, Any], parameters: dict[str, str], *path: str) -> Any:
@@ -69,34 +83,78 @@ def test_explicit_endpoints_override_the_region(sam_template):
     assert consumer_api_url(sam_template, UsageEngineApiUrl="https://api.example.test") == "https://api.example.test"
 
 
+def replica_regions(template: dict[str, Any], value: str) -> Any:
+    secret = resolved(template, {"TokenSecretReplicaRegions": value}, "Resources", "TokenSecret", "Properties")
+    return secret.get("ReplicaRegions")
+
+
 @pytest.mark.parametrize(
     ("value", "regions"),
     [
         ("", None),
         ("us-east-1", ["us-east-1"]),
         ("us-east-1,eu-central-1", ["us-east-1", "eu-central-1"]),
+        ("us-east-1, eu-central-1", ["us-east-1", "eu-central-1"]),  # CloudFormation trims list members
+        (",us-east-1,eu-central-1", ["us-east-1", "eu-central-1"]),  # an empty member is skipped
         ("us-east-1,eu-central-1,ap-southeast-2", ["us-east-1", "eu-central-1", "ap-southeast-2"]),
     ],
 )
 def test_token_secret_replicas(sam_template, value, regions):
-    pattern = re.compile(sam_template["Parameters"]["TokenSecretReplicaRegions"]["AllowedPattern"])
-    assert pattern.match(value)
-    secret = resolved(sam_template, {"TokenSecretReplicaRegions": value}, "Resources", "TokenSecret", "Properties")
+    assert accepted(sam_template, "TokenSecretReplicaRegions", value)
+    assert Evaluator(sam_template, {"TokenSecretReplicaRegions": value}).failed_rules() == []
     if regions is None:
-        assert "ReplicaRegions" not in secret
+        assert replica_regions(sam_template, value) is None
     else:
-        assert secret["ReplicaRegions"] == [
+        # Each replica is encrypted with its own region's AWS managed key (a KMS key is regional).
+        assert replica_regions(sam_template, value) == [
             {"Region": region, "KmsKeyId": "alias/aws/secretsmanager"} for region in regions
         ]
 
 
+def test_a_fourth_replica_region_fails_the_deployment_instead_of_being_ignored(sam_template):
+    value = "us-east-1,eu-central-1,ap-southeast-2,eu-north-1"
+    assert accepted(sam_template, "TokenSecretReplicaRegions", value)  # the pattern checks members only
+    *replicas, guard = replica_regions(sam_template, value)
+    assert [replica["Region"] for replica in replicas] == ["us-east-1", "eu-central-1", "ap-southeast-2"]
+    # The fourth entry is one that Secrets Manager's API refuses, so the stack operation fails.
+    api_pattern = botocore.session.get_session().get_service_model("secretsmanager")
+    region_pattern = api_pattern.shape_for("ReplicaRegionType").members["Region"].metadata["pattern"]
+    assert set(guard) == {"Region"}
+    assert not re.match(region_pattern, guard["Region"])
+    assert all(re.match(region_pattern, replica["Region"]) for replica in replicas)
+
+
 @pytest.mark.parametrize(
-    "value",
-    ["us-east-1,eu-central-1,ap-southeast-2,eu-north-1", "us-east-1, eu-central-1", "US-EAST-1", "us-east-1,"],
+    ("region", "value"),
+    [(REGION, REGION), (REGION, f"us-east-1,{REGION}"), (REGION, f"us-east-1, {REGION}"), ("us-east-1", "us-east-1")],
 )
+def test_the_stacks_own_region_is_refused_as_a_replica(sam_template, region, value):
+    evaluator = Evaluator(sam_template, {"TokenSecretReplicaRegions": value}, region=region)
+    (refusal,) = evaluator.failed_rules()
+    assert "own region" in refusal
+    # ... while the same list is fine for a stack in another region.
+    other = "ap-northeast-1"
+    assert Evaluator(sam_template, {"TokenSecretReplicaRegions": value}, region=other).failed_rules() == []
+
+
+def test_negative_without_the_rule_the_own_region_would_be_accepted(sam_template):
+    broken = copy.deepcopy(sam_template)
+    del broken["Rules"]
+    assert Evaluator(broken, {"TokenSecretReplicaRegions": REGION}).failed_rules() == []
+
+
+@pytest.mark.parametrize("value", ["US-EAST-1", "us_east_1", "us-east", "us-east-1;eu-central-1", "us-east-1,eu"])
 def test_replica_regions_are_validated(sam_template, value):
-    pattern = re.compile(sam_template["Parameters"]["TokenSecretReplicaRegions"]["AllowedPattern"])
-    assert not pattern.match(value)
+    assert not accepted(sam_template, "TokenSecretReplicaRegions", value)
+
+
+@pytest.mark.parametrize(("value", "reserved"), [("1", "1"), ("3", "3"), ("0", None)])
+def test_refresher_reserved_concurrency(sam_template, value, reserved):
+    properties = resolved(
+        sam_template, {"RefresherReservedConcurrency": value}, "Resources", "TokenRefresherFunction", "Properties"
+    )
+    # 0 is no reservation at all, never ReservedConcurrentExecutions 0 (which would stop the function).
+    assert properties.get("ReservedConcurrentExecutions") == reserved
 
 
 def test_an_existing_credentials_secret_replaces_the_stacks_one(sam_template):
@@ -145,6 +203,7 @@ def test_the_break_glass_principal_is_exempt_only_when_set(sam_template):
     [
         ("AlarmEmail", ["", "oncall@example.com"], ["oncall", "a b@example.com"]),
         ("SecretsAdminPrincipalArn", ["", ADMIN], ["arn:aws:iam::123456789012:root", "break-glass"]),
+        ("CredentialsOperatorPrincipalArn", ["", OPERATOR], ["arn:aws:iam::123456789012:root", "operator"]),
         ("RefreshScheduleExpression", ["rate(5 minutes)", "cron(0/5 * * * ? *)"], ["rate(10 minutes)", "5m"]),
     ],
 )
@@ -152,6 +211,7 @@ def test_parameter_validation(sam_template, name, good, bad):
     pattern = re.compile(sam_template["Parameters"][name]["AllowedPattern"])
     for value in good:
         assert pattern.match(value), value
+        assert accepted(sam_template, name, value), value
     for value in bad:
         assert not pattern.match(value), value
 
@@ -169,3 +229,19 @@ def test_the_skew_parameter_cannot_exceed_any_refresh_margin(sam_template: dict[
     assert int(parameters["TokenExpirySkewSeconds"]["MaxValue"]) == MAX_TOKEN_EXPIRY_SKEW_SECONDS
     assert int(parameters["RefreshMarginSeconds"]["MinValue"]) >= MIN_REFRESH_MARGIN_SECONDS
     assert int(parameters["TokenExpirySkewSeconds"]["MaxValue"]) <= int(parameters["RefreshMarginSeconds"]["MinValue"])
+
+
+def operations_guide_parameters() -> dict[str, str]:
+    """The Parameters table of docs/operations.md: parameter name -> its Default column."""
+    text = (REPO_ROOT / "docs" / "operations.md").read_text()
+    section = text.split("\n## Parameters\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", section, re.MULTILINE)
+    return {name: default.strip() for name, default in rows}
+
+
+def test_the_operations_guide_lists_every_parameter_with_its_default(sam_template):
+    documented = operations_guide_parameters()
+    assert sorted(documented) == sorted(sam_template["Parameters"])
+    for name, parameter in sam_template["Parameters"].items():
+        default = str(parameter.get("Default", ""))
+        assert documented[name] == (f"`{default}`" if default else "empty"), name

@@ -21,6 +21,7 @@ from tests.template.conftest import (
     TOKEN_SECRET_ID,
     as_list,
     policy_documents,
+    possible_statements,
     references,
     resources_of_type,
     statements,
@@ -161,7 +162,7 @@ def test_only_the_refresher_can_reach_the_credentials_secret(cfn_resources, refr
     policies = resources_of_type(cfn_resources, "AWS::SecretsManager::ResourcePolicy")
     on_credentials = [p for p in policies.values() if credentials(p["Properties"]["SecretId"])]
     assert len(on_credentials) == 1
-    for statement in statements(on_credentials[0]["Properties"]["ResourcePolicy"]):
+    for statement in possible_statements(on_credentials[0]["Properties"]["ResourcePolicy"]):
         assert statement["Effect"] == "Deny"
 
 
@@ -176,8 +177,13 @@ def test_secrets_are_created_without_a_value(cfn_resources):
 # --- Functions ------------------------------------------------------------------------------------------
 
 
-def test_refresher_is_single_flight(refresher):
-    assert refresher["Properties"].get("ReservedConcurrentExecutions") == 1
+def test_refresher_is_single_flight_by_default(sam_template, refresher):
+    # The parameter, or no reservation at all for 0 (a reservation of 0 would disable the function).
+    assert refresher["Properties"]["ReservedConcurrentExecutions"] == {
+        "Fn::If": ["HasRefresherReservation", {"Ref": "RefresherReservedConcurrency"}, {"Ref": "AWS::NoValue"}]
+    }
+    parameter = sam_template["Parameters"]["RefresherReservedConcurrency"]
+    assert (parameter["Type"], parameter["Default"], parameter["MinValue"]) == ("Number", 1, 0)
 
 
 def test_every_function_runs_python_3_13(cfn_resources):
