@@ -1,9 +1,10 @@
 """TokenRefresher Lambda: keep a valid Usage Engine access token in the token secret.
 
-Invoked by the EventBridge schedule (`{"reason": "scheduled"}`) and on demand by consumers
-(`{"reason": "expired"}` or `{"reason": "rejected", "token_fingerprint": ...}`). Returns
-`{"refreshed", "reason", "expires_at"}`; raises when a needed refresh fails, so Lambda retries and
-alarms fire.
+Invoked by the EventBridge schedule (`{"reason": "scheduled"}`), on demand by consumers (`{"reason": "expired"}`
+or `{"reason": "rejected", "token_fingerprint": ...}`) and by operators (`{"reason": "forced"}`). Returns
+`{"refreshed", "reason", "expires_at", "token_fingerprint"}`; raises when a needed refresh fails, so Lambda
+retries and alarms fire. Rejections of tokens minted for rejections, forced runs within the forced interval and
+credentials the IdP has rejected are backed off (metric `TokenRefreshBackedOff`) instead of repeated.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
+    DecisionReason,
     RefresherSettings,
     RefreshFailedError,
     RefreshRequest,
@@ -22,6 +24,10 @@ from usage_engine import (
     UsageEngineError,
 )
 from usage_engine.observability import NAMESPACE
+from usage_engine.refresher import CredentialsRejectedError
+
+# Skips that stand for a request refused by a backoff or a rate limit, not for "nothing to do".
+BACKED_OFF = frozenset({DecisionReason.REJECTED_WITHIN_COOLDOWN, DecisionReason.FORCED_TOO_SOON})
 
 logger = Logger(service="token-refresher")
 metrics = Metrics(namespace=NAMESPACE, service="token-refresher")
@@ -40,6 +46,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         # Configuration and request errors count as failed refreshes too: no token was made.
         cause = error.cause if isinstance(error, RefreshFailedError) else error
         metrics.add_metric(name="TokenRefreshFailed", unit=MetricUnit.Count, value=1)
+        if isinstance(cause, CredentialsRejectedError):
+            metrics.add_metric(name="TokenRefreshBackedOff", unit=MetricUnit.Count, value=1)
         if isinstance(error, RefreshFailedError) and error.stored_seconds_remaining is not None:
             _record_seconds_remaining(error.stored_seconds_remaining)
         logger.error(
@@ -64,6 +72,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         )
     else:
         metrics.add_metric(name="TokenRefreshSkipped", unit=MetricUnit.Count, value=1)
+        if outcome.reason in BACKED_OFF:
+            metrics.add_metric(name="TokenRefreshBackedOff", unit=MetricUnit.Count, value=1)
         logger.info(
             "Token refresh skipped",
             extra={

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import jwt
@@ -15,7 +17,7 @@ import time_machine
 
 from local.lambda_runtime import invoke as invoke_function
 from local.lambda_runtime import load_event
-from local.usage_engine_emulator import UsageEngineEmulator
+from local.usage_engine_emulator import ManualClock, UsageEngineEmulator
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, Deployment, LambdaOutput
 from usage_engine import (
     ClientCredentialsExchange,
@@ -31,6 +33,7 @@ from usage_engine import (
     reset_components,
 )
 from usage_engine.idp import token_request_retry, token_session
+from usage_engine.refresher import CredentialsRejectedError
 
 Read = Callable[[], LambdaOutput]
 
@@ -61,7 +64,14 @@ def test_first_run_writes_the_token_secret_in_the_design_format(deployment: Depl
     assert emulator.token_requests == 1
     issued = emulator.issued_tokens[-1]
     stored = deployment.stored_token()
-    assert set(stored) == {"access_token", "token_type", "expires_at", "issued_at", "scope", "audience"}
+    # The documented fields, and the refresher's notes (docs/contracts.md) that consumers ignore.
+    assert set(stored) == {"access_token", "token_type", "expires_at", "issued_at", "scope", "audience"} | {
+        "minted_for",
+        "credentials_version",
+    }
+    assert stored["minted_for"] == "missing"
+    credentials_version = deployment.secrets.get_secret_value(SecretId="usage-engine/credentials")["VersionId"]
+    assert stored["credentials_version"] == credentials_version
     assert stored["access_token"] == issued
     assert stored["token_type"] == "Bearer"
     assert isinstance(stored["expires_at"], int)
@@ -75,7 +85,12 @@ def test_first_run_writes_the_token_secret_in_the_design_format(deployment: Depl
     # The token expires no later than the IdP says: expires_at counts from before the request.
     assert stored["expires_at"] <= claims["exp"]
 
-    assert result == {"refreshed": True, "reason": "missing", "expires_at": stored["expires_at"]}
+    assert result == {
+        "refreshed": True,
+        "reason": "missing",
+        "expires_at": stored["expires_at"],
+        "token_fingerprint": fingerprint(issued),
+    }
     out = lambda_stdout()
     assert out.metric("TokenRefreshed") == 1
     assert out.metric("IdpLatency") is not None
@@ -96,7 +111,12 @@ def test_second_run_within_the_margin_makes_no_idp_request_and_no_new_version(
     assert deployment.emulator.token_requests == 1
     assert deployment.token_versions() == 1
     assert deployment.aws.calls("PutSecretValue") == 2  # the test's credentials + the one token version
-    assert second == {"refreshed": False, "reason": "fresh", "expires_at": first["expires_at"]}
+    assert second == {
+        "refreshed": False,
+        "reason": "fresh",
+        "expires_at": first["expires_at"],
+        "token_fingerprint": first["token_fingerprint"],
+    }
     out = lambda_stdout()
     assert out.metric("TokenRefreshSkipped") == 1
     assert out.metric("TokenRefreshed") is None
@@ -135,14 +155,43 @@ def test_many_reports_of_the_same_rejected_token_cause_one_idp_request(deploymen
     assert deployment.stored_token()["access_token"] != rejected
 
 
-def test_a_token_rejected_right_after_issue_is_not_replaced_again(deployment: Deployment) -> None:
-    """The cooldown: if the API rejects brand-new tokens, the refresher must not hammer the IdP for it."""
+def test_a_token_revoked_right_after_a_scheduled_refresh_is_replaced_at_once(
+    deployment: Deployment, lambda_stdout: Read
+) -> None:
+    """The first rejection of a token is honoured at any age: one IdP request, whoever reports it."""
     invoke(load_event("refresher-scheduled.json"))
     fresh = deployment.stored_token()["access_token"]
     event = load_event("refresher-rejected.json") | {"token_fingerprint": fingerprint(fresh)}
     results = [invoke(event) for _ in range(3)]
+    assert [(r["refreshed"], r["reason"]) for r in results] == [(True, "rejected")] + [
+        (False, "rejected-token-already-replaced")
+    ] * 2
+    assert deployment.emulator.token_requests == 2
+    replacement = deployment.stored_token()
+    assert (replacement["minted_for"], replacement["rejection_streak"]) == ("rejected", 1)
+    assert {r["token_fingerprint"] for r in results} == {fingerprint(replacement["access_token"])}
+
+
+def test_a_token_minted_for_a_rejection_and_rejected_at_once_is_not_replaced_again(
+    deployment: Deployment, lambda_stdout: Read
+) -> None:
+    """The backoff: if the API rejects brand-new tokens, the refresher must not hammer the IdP for it."""
+    invoke(load_event("refresher-scheduled.json"))
+    first = deployment.stored_token()["access_token"]
+    invoke(load_event("refresher-rejected.json") | {"token_fingerprint": fingerprint(first)})
+    second = deployment.stored_token()["access_token"]
+    lambda_stdout()
+    event = load_event("refresher-rejected.json") | {"token_fingerprint": fingerprint(second)}
+    results = [invoke(event) for _ in range(3)]
     assert {(r["refreshed"], r["reason"]) for r in results} == {(False, "rejected-within-cooldown")}
-    assert deployment.emulator.token_requests == 1
+    assert deployment.emulator.token_requests == 2
+    out = lambda_stdout()
+    assert metric_total(out, "TokenRefreshBackedOff") == 3
+    assert metric_total(out, "TokenRefreshSkipped") == 3
+    # Once its backoff (60 s for the first in a row) has passed, the next rejection is honoured.
+    with time_machine.travel(time.time() + 61, tick=True):
+        assert invoke(event)["reason"] == "rejected"
+    assert deployment.stored_token()["rejection_streak"] == 2
 
 
 def test_expired_report_with_a_fresh_stored_token_does_not_call_the_idp(deployment: Deployment) -> None:
@@ -151,11 +200,28 @@ def test_expired_report_with_a_fresh_stored_token_does_not_call_the_idp(deployme
     assert deployment.emulator.token_requests == 1
 
 
-def test_forced_refresh_always_calls_the_idp(deployment: Deployment) -> None:
+def test_forced_refresh_calls_the_idp_once_per_10_minutes_unless_the_credentials_change(
+    deployment: Deployment, lambda_stdout: Read
+) -> None:
     invoke(load_event("refresher-scheduled.json"))
-    assert invoke(load_event("refresher-forced.json"))["reason"] == "forced"
+    forced = invoke(load_event("refresher-forced.json"))
+    assert (forced["refreshed"], forced["reason"]) == (True, "forced")
     assert deployment.emulator.token_requests == 2
     assert deployment.token_versions() == 2
+    lambda_stdout()
+
+    again = invoke(load_event("refresher-forced.json"))
+    assert again == forced | {"refreshed": False, "reason": "forced-too-soon"}
+    assert deployment.emulator.token_requests == 2
+    assert lambda_stdout().metric("TokenRefreshBackedOff") == 1
+
+    # What `make set-credentials` does: a new credentials version, then a forced refresh.
+    deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    assert invoke(load_event("refresher-forced.json"))["reason"] == "forced"
+    with time_machine.travel(time.time() + 601, tick=True):
+        assert invoke(load_event("refresher-forced.json"))["reason"] == "forced"
+    assert deployment.emulator.token_requests == 4
+    assert deployment.token_versions() == 4
 
 
 def test_camel_case_credentials_work(deployment: Deployment) -> None:
@@ -204,6 +270,16 @@ def test_the_consumer_reads_the_token_and_the_api_accepts_it(deployment: Deploym
 
 
 # --- failures: typed error, failure metric, stored token untouched -------------------------------------
+
+
+def metric_total(out: LambdaOutput, name: str) -> float:
+    """The sum of a metric over every invocation that `out` holds (LambdaOutput.metric reads the first)."""
+    total = 0.0
+    for line in out.lines:
+        if "_aws" in line and name in line:
+            values = line[name] if isinstance(line[name], list) else [line[name]]
+            total += sum(float(v) for v in values)
+    return total
 
 
 def seed_good_token(deployment: Deployment) -> dict[str, Any]:
@@ -274,6 +350,25 @@ def test_invalid_client_is_not_retried(deployment: Deployment, lambda_stdout: Re
     assert "access_denied" in str(error)
     assert deployment.emulator.token_requests == 2
     assert deployment.stored_token() == good
+
+
+def test_rejected_credentials_are_remembered_until_they_change(deployment: Deployment, lambda_stdout: Read) -> None:
+    """A first deployment with a wrong client secret: consumers keep asking, the IdP is asked once."""
+    deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": "wrong-secret-123"})
+    expect_failure(deployment, lambda_stdout, load_event("refresher-expired.json"), IdpRejectedError)
+    for event in ("refresher-expired.json", "refresher-expired.json", "refresher-scheduled.json"):
+        error = expect_failure(deployment, lambda_stdout, load_event(event), CredentialsRejectedError)
+        assert "not asked again until the credentials secret changes" in str(error)
+    assert deployment.emulator.token_requests == 1
+    lambda_stdout()
+    with pytest.raises(RefreshFailedError):
+        invoke(load_event("refresher-expired.json"))
+    out = lambda_stdout()
+    assert (out.metric("TokenRefreshFailed"), out.metric("TokenRefreshBackedOff")) == (1, 1)
+
+    deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
+    assert invoke(load_event("refresher-expired.json"))["reason"] == "missing"
+    assert deployment.emulator.token_requests == 2
 
 
 @pytest.mark.parametrize(
@@ -359,17 +454,32 @@ def test_unknown_reason_is_a_typed_error(deployment: Deployment) -> None:
 def test_the_idp_rate_limit_is_survived_with_retry_after(
     deployment: Deployment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with UsageEngineEmulator(clients={CLIENT_ID: CLIENT_SECRET}, rate_limit=True) as limited:
+    # The limiter's clock moves only by the client's Retry-After waits, so exactly the burst of 5 is admitted
+    # before the first 429 however fast or slow the machine runs the invocations.
+    limit_clock = ManualClock()
+    waits: list[float] = []
+
+    def wait(seconds: float) -> None:
+        waits.append(seconds)
+        limit_clock.advance(seconds)
+
+    monkeypatch.setattr(
+        importlib.import_module("urllib3.util.retry"), "time", SimpleNamespace(sleep=wait, time=time.time)
+    )
+    with UsageEngineEmulator(clients={CLIENT_ID: CLIENT_SECRET}, rate_limit_clock=limit_clock) as limited:
         monkeypatch.setenv("USAGE_ENGINE_TOKEN_URL", limited.token_url)
         monkeypatch.setenv("USAGE_ENGINE_AUDIENCE", limited.audience)
         from tests import leak_guard
 
         results = []
         for _ in range(7):
+            # New credentials each time, as `make set-credentials` stores them: forced is never limited then.
+            deployment.store_credentials({"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET})
             results.append(invoke(load_event("refresher-forced.json")))
             for token in limited.issued_tokens:
                 leak_guard.forbid(token)
         assert all(r["refreshed"] for r in results)
-        # The burst of 5 is spent, so some requests were answered 429 and retried after Retry-After.
-        assert limited.token_requests > 7
+        # The burst of 5 is spent, so the 6th request was answered 429 and retried after its Retry-After.
+        assert limited.token_requests == 8
         assert len(limited.issued_tokens) == 7
+        assert waits == [1]

@@ -17,7 +17,15 @@ DEFAULT_API_URL = "https://api.digitalroute.io"
 # while a one-hour token is still used for 40-45 minutes (see README, "Refresh schedule").
 DEFAULT_REFRESH_MARGIN_SECONDS = 1200
 DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS = 60
+# The base of the rejection backoff: the n-th token in a row minted in answer to a rejection is replaced on the
+# next rejection only once it is base * 2**(n-1) old (capped by the token's normal replacement age).
 DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS = 60
+# At most one forced IdP request per 10 minutes and credentials version: AWS advises at most one PutSecretValue
+# per 10 minutes, and consumers may invoke {"reason": "forced"} too.
+DEFAULT_FORCED_REFRESH_INTERVAL_SECONDS = 600
+# Scheduled retries of credentials the IdP rejected back off from the same base up to this: after the first
+# hour a broken credential costs two IdP requests an hour, and the schedule's alarm keeps firing meanwhile.
+DEFAULT_CREDENTIALS_RETRY_CAP_SECONDS = 1800
 # Below 5 minutes a single failed scheduled run could let the token expire.
 MIN_REFRESH_MARGIN_SECONDS = 300
 MAX_REFRESH_MARGIN_SECONDS = 3300
@@ -86,6 +94,8 @@ class RefresherSettings:
     audience: str = DEFAULT_AUDIENCE
     refresh_margin_seconds: int = DEFAULT_REFRESH_MARGIN_SECONDS
     rejected_cooldown_seconds: int = DEFAULT_REJECTED_TOKEN_COOLDOWN_SECONDS
+    forced_interval_seconds: int = DEFAULT_FORCED_REFRESH_INTERVAL_SECONDS
+    credentials_retry_cap_seconds: int = DEFAULT_CREDENTIALS_RETRY_CAP_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RefresherSettings:

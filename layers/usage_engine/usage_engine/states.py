@@ -22,10 +22,14 @@ class DecisionReason(StrEnum):
     MISSING = "missing"
     UNREADABLE = "unreadable"
     REJECTED = "rejected"
+    # The reported token was itself minted in answer to a rejection (or forced during a run of rejections)
+    # and is younger than its backoff: replacing it again at once would only churn the IdP and the secret.
     REJECTED_WITHIN_COOLDOWN = "rejected-within-cooldown"
     EXPIRING = "expiring"
     REJECTED_TOKEN_ALREADY_REPLACED = "rejected-token-already-replaced"
     FRESH = "fresh"
+    # A forced refresh with the same credentials ran (or was tried) less than the forced interval ago.
+    FORCED_TOO_SOON = "forced-too-soon"
 
 
 class TokenProblem(StrEnum):
@@ -52,4 +56,7 @@ class MessageAction(StrEnum):
     UPDATED = "updated"
     DELETED = "deleted"
     ALREADY_DELETED = "already-deleted"
+    # Older than what the meter's state already reflects (a newer event, or a Delete's tombstone): acknowledged
+    # without calling the API, so a late redelivery never undoes what the publisher sent after it.
+    SUPERSEDED = "superseded"
     DEAD_LETTERED = "dead-lettered"
