@@ -1,8 +1,10 @@
 """MeterEvents Lambda: apply "Create/Update/Delete Meter" events from SQS to the Usage Metering API.
 
-Partial batch responses: a retryable failure (429, 5xx, timeout, no token) is reported as a batch item
-failure and SQS redelivers it; a message that can never succeed goes to the dead-letter queue with its
-reason; nothing is dropped. Redelivered creates find the existing meter instead of making a second one.
+Partial batch responses: a retryable failure (429, 5xx, timeout, no token, an Update whose Create has not
+been applied yet) is reported as a batch item failure and SQS redelivers it, up to the queue's last delivery,
+where it is dead-lettered with its reason; a message that can never succeed goes to the dead-letter queue at
+once with its reason; nothing is dropped. Events of one meter apply in the order they were published (the
+meter state table, see usage_engine.meter_order); redelivered creates find the existing meter.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from usage_engine import (
     components,
     publish_api_calls,
 )
+from usage_engine.meter_events import max_receive_count_from_env, sorted_records
+from usage_engine.meter_state import MeterStateTable
 from usage_engine.observability import NAMESPACE
 from usage_engine.settings import required_setting
+from usage_engine.states import MessageAction
 
 SERVICE = "meter-events"
 logger = Logger(service=SERVICE)
@@ -43,14 +48,22 @@ processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failu
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     client = UsageEngineClient.from_env()
+    parts = components()
     handler = MeterEventHandler(
         UsageMeteringApi(client),
-        components().dead_letter_queue(required_setting("DEAD_LETTER_QUEUE_URL")),
+        parts.dead_letter_queue(required_setting("DEAD_LETTER_QUEUE_URL")),
+        MeterStateTable(parts.dynamodb(), required_setting("METER_STATE_TABLE"), clock=parts.clock, sleep=parts.sleep),
     )
+    max_receive_count = max_receive_count_from_env()
 
     def record_handler(record: SQSRecord) -> str:
         try:
-            outcome = handler.handle(record.body, record.message_id)
+            outcome = handler.handle_delivery(
+                record.body,
+                record.message_id,
+                receive_count=_receive_count(record),
+                max_receive_count=max_receive_count,
+            )
         except (RetryableMessageError, DeadLetterError) as error:
             # DeadLetterError: the record could not be parked in the dead-letter queue, so SQS keeps it.
             metrics.add_metric(name="MeterEventsRetried", unit=MetricUnit.Count, value=1)
@@ -67,6 +80,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         _record(outcome, record.message_id)
         return outcome.action
 
+    # Events published together are applied in their order instead of waiting for a redelivery.
+    event = {**event, "Records": sorted_records(list(event.get("Records") or []))}
     try:
         return process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
@@ -75,10 +90,21 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         publish_api_calls(client.drain_call_counts(), service=SERVICE)
 
 
+def _receive_count(record: SQSRecord) -> int:
+    # Lambda always sends it; a hand-made event without it is treated as a first delivery.
+    raw = record.attributes.get("ApproximateReceiveCount")
+    return int(raw) if isinstance(raw, str) and raw.isdigit() else 1
+
+
 def _record(outcome: MessageOutcome, message_id: str) -> None:
     if outcome.dead_lettered:
         metrics.add_metric(name="MeterEventsDeadLettered", unit=MetricUnit.Count, value=1)
         logger.error("Meter event dead-lettered", extra={"message_id": message_id, "reason": outcome.reason})
+        return
+    if outcome.action == MessageAction.SUPERSEDED:
+        # Older than what its meter already reflects: acknowledged without an API call.
+        metrics.add_metric(name="MeterEventsSuperseded", unit=MetricUnit.Count, value=1)
+        logger.info("Meter event superseded", extra={"message_id": message_id, "meter_id": outcome.meter_id})
         return
     metrics.add_metric(name="MeterEventsApplied", unit=MetricUnit.Count, value=1)
     logger.info(

@@ -16,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
+    CredentialsRejectedError,
     DecisionReason,
     RefresherSettings,
     RefreshFailedError,
@@ -24,7 +25,6 @@ from usage_engine import (
     UsageEngineError,
 )
 from usage_engine.observability import NAMESPACE
-from usage_engine.refresher import CredentialsRejectedError
 
 # Skips that stand for a request refused by a backoff or a rate limit, not for "nothing to do".
 BACKED_OFF = frozenset({DecisionReason.REJECTED_WITHIN_COOLDOWN, DecisionReason.FORCED_TOO_SOON})

@@ -78,7 +78,12 @@ def test_sync_invoke_returns_the_refresher_result_and_writes_the_token(serve: Se
     assert "FunctionError" not in response
     stored = deployment.stored_token()
     assert stored["access_token"] == deployment.emulator.issued_tokens[-1]
-    assert json.loads(body) == {"refreshed": True, "reason": "missing", "expires_at": stored["expires_at"]}
+    assert json.loads(body) == {
+        "refreshed": True,
+        "reason": "missing",
+        "expires_at": stored["expires_at"],
+        "token_fingerprint": fingerprint(stored["access_token"]),
+    }
     # Reached this endpoint although AWS_ENDPOINT_URL points every other service at moto.
     assert endpoint.invocations(NAME) == 1
     assert endpoint.throttles(NAME) == 0

@@ -13,6 +13,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     CredentialsError,
+    CredentialsRejectedError,
     DeadLetterError,
     DeadlineExceededError,
     IdpError,
@@ -48,7 +49,7 @@ from .refresher import (
 )
 from .settings import ConsumerSettings, RefresherSettings
 from .states import DecisionReason, MessageAction, RefreshReason, RefreshResult, TokenProblem
-from .token import AccessToken, decode_token, encode_token, fingerprint
+from .token import AccessToken, RefreshRecord, decode_token, encode_token, fingerprint
 from .token_store import StoredToken, TokenStore
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "ConfigurationError",
     "ConsumerSettings",
     "CredentialsError",
+    "CredentialsRejectedError",
     "DeadLetterError",
     "DeadLetterQueue",
     "Deadline",
@@ -80,6 +82,7 @@ __all__ = [
     "RefreshHoldOffError",
     "RefreshOutcome",
     "RefreshReason",
+    "RefreshRecord",
     "RefreshRequest",
     "RefreshRequestError",
     "RefreshResult",

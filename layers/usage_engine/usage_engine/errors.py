@@ -90,6 +90,35 @@ class IdpRejectedError(IdpError):
     """Permanent until someone acts: the IdP answered a 4xx other than 429 (bad credentials, audience...)."""
 
 
+class CredentialsRejectedError(IdpRejectedError):
+    """The IdP rejected these credentials before: no request is made until the credentials secret changes or an
+    operator forces a refresh; scheduled runs retry with backoff."""
+
+    def __init__(
+        self,
+        *,
+        credentials_version: str | None,
+        count: int,
+        status: int | None,
+        reason: str,
+        seconds_ago: float,
+        retry_in: float | None,
+    ) -> None:
+        when = "on-demand runs do not retry" if retry_in is None else f"next scheduled retry in {int(retry_in)} s"
+        where = f"HTTP {status}" if status is not None else "no HTTP status"
+        UsageEngineError.__init__(
+            self,
+            f"the IdP rejected credentials version {credentials_version or '(unknown)'} {count} time(s) in a row "
+            f"({where}): {reason}, last {int(seconds_ago)} s ago; not asked again until the credentials secret "
+            f"changes or a forced refresh ({when})",
+        )
+        self.reason = reason
+        self.status = status
+        self.attempts = 0
+        self.credentials_version = credentials_version
+        self.count = count
+
+
 class TokenResponseError(IdpError):
     """The IdP answered 2xx but the body is not a usable token (garbage, wrong type, bad expires_in)."""
 

@@ -1,15 +1,31 @@
 """Usage Metering API helpers over UsageEngineClient. Every path of the API is in this one place.
 
 The meter-types path is not documented publicly: correct METER_TYPES_PATH here if yours differs.
+
+Identifiers are checked (usage_engine.identifiers) before any request is built, and, as a second fence, a
+request for one meter is sent only if the URL requests would really send (after its own normalisation,
+which removes dot segments) addresses that meter: the collection path plus exactly one segment that decodes
+back to the meter id. Anything else raises InvalidIdentifierError (a ValueError) naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
+
+import requests
 
 from .api_client import UsageEngineClient
 from .errors import UsageEngineApiError
+from .identifiers import (
+    DOMAIN,
+    EXTERNAL_REF,
+    METER_ID,
+    METER_TYPE_ID,
+    USER_ID,
+    InvalidIdentifierError,
+    check_identifier,
+)
 
 METERS_PATH = "/api/usage-metering/v1/meters"
 METER_PATH = METERS_PATH + "/{meter_id}"
@@ -34,10 +50,16 @@ class UsageMeteringApi:
         return [m for m in meters if all(m.get(k) == v for k, v in filters.items())]
 
     def get_meter(self, meter_id: str) -> dict[str, Any]:
-        return _object(self._client.get_json(_meter_path(meter_id)), _meter_path(meter_id))
+        path = self._meter_path(meter_id)
+        return _object(self._client.get_json(path), path)
 
     def create_meter(self, *, domain: str, external_ref: str, meter_type_id: str, user_id: str) -> dict[str, Any]:
-        body = {"domain": domain, "externalRef": external_ref, "meterTypeId": meter_type_id, "userId": user_id}
+        body = {
+            "domain": check_identifier(DOMAIN, domain),
+            "externalRef": check_identifier(EXTERNAL_REF, external_ref),
+            "meterTypeId": check_identifier(METER_TYPE_ID, meter_type_id),
+            "userId": check_identifier(USER_ID, user_id),
+        }
         response = self._client.request("POST", METERS_PATH, json=body)
         return _object(_json(response), METERS_PATH)
 
@@ -63,6 +85,8 @@ class UsageMeteringApi:
         return existing, False
 
     def find_meter(self, *, domain: str, external_ref: str) -> dict[str, Any] | None:
+        check_identifier(DOMAIN, domain)
+        check_identifier(EXTERNAL_REF, external_ref)
         matches = self.list_meters(domain=domain, externalRef=external_ref)
         return matches[0] if matches else None
 
@@ -76,13 +100,15 @@ class UsageMeteringApi:
             body["resetAt"] = reset_at
         if not body:
             raise ValueError("update_meter needs value and/or reset_at")
-        response = self._client.request("PATCH", _meter_path(meter_id), json=body)
-        return _object(_json(response), _meter_path(meter_id))
+        path = self._meter_path(meter_id)
+        response = self._client.request("PATCH", path, json=body)
+        return _object(_json(response), path)
 
     def delete_meter(self, meter_id: str) -> bool:
         """Delete; returns False when it was already gone (a repeated delete is not an error)."""
+        path = self._meter_path(meter_id)
         try:
-            self._client.request("DELETE", _meter_path(meter_id)).close()
+            self._client.request("DELETE", path).close()
         except UsageEngineApiError as error:
             if error.status == 404:
                 return False
@@ -92,11 +118,23 @@ class UsageMeteringApi:
     def list_meter_types(self) -> list[dict[str, Any]]:
         return _list_of_objects(self._client.get_json(METER_TYPES_PATH), "meterTypes", METER_TYPES_PATH)
 
+    def _meter_path(self, meter_id: str) -> str:
+        """The path of one meter, refused unless the URL requests would send is that meter's own."""
+        check_identifier(METER_ID, meter_id)
+        segment = quote(meter_id, safe="")
+        path = METER_PATH.format(meter_id=segment)
+        collection = _sent_path(self._client.base_url + METERS_PATH)
+        sent = _sent_path(self._client.base_url + path)
+        own = sent.startswith(collection + "/") and sent[len(collection) + 1 :] == segment
+        if not own or "/" in segment or unquote(segment) != meter_id:
+            raise InvalidIdentifierError(METER_ID.field, "would send the request to another resource than the meter")
+        return path
 
-def _meter_path(meter_id: str) -> str:
-    if not meter_id:
-        raise ValueError("meter_id must not be empty")
-    return METER_PATH.format(meter_id=quote(meter_id, safe=""))
+
+def _sent_path(url: str) -> str:
+    """The path of `url` as requests sends it: prepared, i.e. normalised by urllib3 (dot segments removed)."""
+    prepared = requests.Request("GET", url).prepare().url or ""
+    return urlsplit(prepared).path
 
 
 def _json(response: Any) -> Any:

@@ -15,6 +15,7 @@ from .credentials import ClientCredentials, parse_credentials
 from .errors import (
     SECRET_BINARY_NOT_SUPPORTED,
     CredentialsError,
+    CredentialsRejectedError,
     IdpRejectedError,
     RefreshFailedError,
     RefreshRequestError,
@@ -223,25 +224,6 @@ class CredentialsRejection:
         return self.at + backoff_seconds(self.count, base=base, cap=cap)
 
 
-class CredentialsRejectedError(IdpRejectedError):
-    """The IdP rejected these credentials before: no request is made until the credentials secret changes or an
-    operator forces a refresh; scheduled runs retry with backoff."""
-
-    def __init__(self, rejection: CredentialsRejection, *, now: float, retry_in: float | None) -> None:
-        when = "on-demand runs do not retry" if retry_in is None else f"next scheduled retry in {int(retry_in)} s"
-        status = f"HTTP {rejection.status}" if rejection.status is not None else "no HTTP status"
-        UsageEngineError.__init__(
-            self,
-            f"the IdP rejected credentials version {rejection.credentials_version or '(unknown)'} "
-            f"{rejection.count} time(s) in a row ({status}): {rejection.reason}, last {int(now - rejection.at)} s "
-            f"ago; not asked again until the credentials secret changes or a forced refresh ({when})",
-        )
-        self.reason = rejection.reason
-        self.status = rejection.status
-        self.attempts = 0
-        self.rejection = rejection
-
-
 @dataclass
 class RefresherMemory:
     """What the refresher remembers between runs in its container: failures, which write nothing, so the token
@@ -404,12 +386,12 @@ class TokenRefresher:
         if decision.reason == DecisionReason.FORCED:
             return  # an operator asks to try again (and forced requests have their own limit)
         if request.reason in ON_DEMAND:
-            raise CredentialsRejectedError(rejection, now=now, retry_in=None)
+            raise _rejected(rejection, now=now, retry_in=None)
         retry_at = rejection.retry_at(
             base=self._settings.rejected_cooldown_seconds, cap=self._settings.credentials_retry_cap_seconds
         )
         if now < retry_at:
-            raise CredentialsRejectedError(rejection, now=now, retry_in=retry_at - now)
+            raise _rejected(rejection, now=now, retry_in=retry_at - now)
 
     def _fetch(self, credentials: ClientCredentials, credentials_version: str | None, *, forced: bool) -> IssuedToken:
         if forced:
@@ -434,3 +416,14 @@ class TokenRefresher:
             raise
         self.memory.credentials_rejection = None
         return issued
+
+
+def _rejected(rejection: CredentialsRejection, *, now: float, retry_in: float | None) -> CredentialsRejectedError:
+    return CredentialsRejectedError(
+        credentials_version=rejection.credentials_version,
+        count=rejection.count,
+        status=rejection.status,
+        reason=rejection.reason,
+        seconds_ago=now - rejection.at,
+        retry_in=retry_in,
+    )
