@@ -33,6 +33,7 @@ from usage_engine.credentials import KNOWN_KEYS, OPTIONAL_KEYS, encode_credentia
 from usage_engine.errors import CredentialsError, SecretStoreError
 from usage_engine.safe_text import client_error_code
 from usage_engine.secrets_manager import SecretsManagerSecret
+from usage_engine.token import AccessToken
 from usage_engine.token_store import TokenStore
 
 if TYPE_CHECKING:  # boto3-stubs: typing only
@@ -175,23 +176,35 @@ def _json(raw: bytes) -> Any:
         raise SetCredentialsError("the refresher returned something that is not JSON") from None
 
 
-def refresh(invoke: Invoker, function: str) -> int:
+@dataclass(frozen=True)
+class RefreshResult:
+    expires_at: int
+    # Set when the refresher skipped the forced run as too soon after another forced run (at most one per 10
+    # minutes per credentials version): fine only if that run already used the credentials just stored.
+    too_soon_fingerprint: str | None = None
+
+
+def refresh(invoke: Invoker, function: str) -> RefreshResult:
     """Force one refresh; returns the new token's expires_at."""
     result = invoke(function, FORCED)
-    if not isinstance(result, dict) or not result.get("refreshed") or not isinstance(result.get("expires_at"), int):
+    if not isinstance(result, dict) or not isinstance(result.get("expires_at"), int):
         raise SetCredentialsError(f"unexpected refresher result {json.dumps(result)[:200]}")
-    return int(result["expires_at"])
+    if result.get("refreshed"):
+        return RefreshResult(int(result["expires_at"]))
+    if result.get("reason") == "forced-too-soon" and isinstance(result.get("token_fingerprint"), str):
+        return RefreshResult(int(result["expires_at"]), too_soon_fingerprint=str(result["token_fingerprint"]))
+    raise SetCredentialsError(f"unexpected refresher result {json.dumps(result)[:200]}")
 
 
-def current_token(secrets: SecretsClient, token_secret_id: str) -> tuple[str, int]:
-    """The stored token's fingerprint and expires_at (the token itself never leaves this function)."""
+def current_token(secrets: SecretsClient, token_secret_id: str) -> AccessToken:
+    """The stored token (it never leaves this tool: only its fingerprint and expiry are printed)."""
     try:
         stored = TokenStore(SecretsManagerSecret(secrets, token_secret_id)).load()
     except SecretStoreError as error:
         raise SetCredentialsError(str(error)) from None
     if stored.token is None:
         raise SetCredentialsError(f"{token_secret_id} does not hold a token in the documented format")
-    return stored.token.fingerprint, stored.token.expires_at
+    return stored.token
 
 
 def _when(epoch: int, now: float) -> str:
@@ -236,18 +249,31 @@ def run(
     version = store(secrets, targets.credentials_secret_id, document)
     print(f"Stored the credentials in {targets.credentials_secret_id} (version {version})", file=out)
     print(f"Forcing a token refresh: {targets.refresher_function} {json.dumps(FORCED)}", file=out)
-    expires_at = refresh(invoke, targets.refresher_function)
+    refreshed = refresh(invoke, targets.refresher_function)
+    expires_at = refreshed.expires_at
     if targets.token_secret_id is None:
+        if refreshed.too_soon_fingerprint is not None:
+            raise SetCredentialsError(
+                "the refresher skipped the forced refresh (another forced refresh ran less than 10 minutes ago); "
+                "run again in 10 minutes, or pass --token-secret-id to check whether it used these credentials"
+            )
         print(f"Token refreshed: expires {_when(expires_at, now())}", file=out)
         print("(pass --token-secret-id to see its fingerprint)", file=out)
         return
-    token_fingerprint, stored_expiry = current_token(secrets, targets.token_secret_id)
-    if stored_expiry != expires_at:
+    token = current_token(secrets, targets.token_secret_id)
+    if refreshed.too_soon_fingerprint is not None:
+        if token.fingerprint != refreshed.too_soon_fingerprint or token.record.credentials_version != version:
+            raise SetCredentialsError(
+                "the refresher skipped the forced refresh (another forced refresh ran less than 10 minutes ago) "
+                "and the stored token was not made with these credentials: run again in 10 minutes"
+            )
+        print("A forced refresh with these credentials already ran less than 10 minutes ago.", file=out)
+    elif token.expires_at != expires_at:
         raise SetCredentialsError(
-            f"{targets.token_secret_id} holds a token expiring at {stored_expiry}, the refresher reported "
+            f"{targets.token_secret_id} holds a token expiring at {token.expires_at}, the refresher reported "
             f"{expires_at}: another refresh ran in between; run again"
         )
-    print(f"Token refreshed: fingerprint {token_fingerprint}, expires {_when(expires_at, now())}", file=out)
+    print(f"Token refreshed: fingerprint {token.fingerprint}, expires {_when(expires_at, now())}", file=out)
     print(f"You can now delete {args.file}: the credentials are in Secrets Manager.", file=out)
 
 

@@ -251,3 +251,31 @@ def test_an_unexpected_refresher_result_is_an_error():
     fake = FakeLambda(throttled=0, result={"refreshed": False, "reason": "fresh", "expires_at": 1})
     with pytest.raises(SetCredentialsError, match="unexpected refresher result"):
         set_credentials.refresh(lambda_invoker(fake), "refresher")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ({"refreshed": True, "reason": "forced", "expires_at": 7, "token_fingerprint": "0" * 16}, (7, None)),
+        (
+            {"refreshed": False, "reason": "forced-too-soon", "expires_at": 9, "token_fingerprint": "a" * 16},
+            (9, "a" * 16),
+        ),
+        ({"refreshed": False, "reason": "fresh", "expires_at": 9, "token_fingerprint": "a" * 16}, None),
+        ({"refreshed": False, "reason": "forced-too-soon", "expires_at": 9}, None),
+        ("not an object", None),
+    ],
+)
+def test_the_refreshers_answer_to_a_forced_run(answer: object, expected: tuple[int, str | None] | None) -> None:
+    from tools.set_credentials import SetCredentialsError, refresh
+
+    def invoke(function: str, event: object) -> object:
+        assert event == {"reason": "forced"}
+        return answer
+
+    if expected is None:
+        with pytest.raises(SetCredentialsError, match="unexpected refresher result"):
+            refresh(invoke, "token-refresher")
+    else:
+        result = refresh(invoke, "token-refresher")
+        assert (result.expires_at, result.too_soon_fingerprint) == expected
