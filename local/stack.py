@@ -19,6 +19,7 @@ __all__ = [
     "EVENT_BUS",
     "FUNCTION_IDS",
     "METER_EVENTS_QUEUE",
+    "METER_STATE_TABLE",
     "REFRESHER_FUNCTION",
     "REGION",
     "TOKEN_SECRET",
@@ -33,6 +34,7 @@ TOKEN_SECRET = "usage-engine/token"
 EVENT_BUS = "usage-engine-events"
 METER_EVENTS_QUEUE = "meter-events"
 DEAD_LETTER_QUEUE = "meter-events-dlq"
+METER_STATE_TABLE = "meter-state"
 # The refresher's function name, as consumers name it in TOKEN_REFRESHER_FUNCTION.
 REFRESHER_FUNCTION = "token-refresher"
 
@@ -90,6 +92,7 @@ def environment_of(
         "TokenSecret": TOKEN_SECRET,
         "TokenRefresherFunction": REFRESHER_FUNCTION,
         "MeterEventsDeadLetterQueue": endpoints.dead_letter_queue_url,
+        "MeterStateTable": METER_STATE_TABLE,
     }
     evaluator = Evaluator(template, values, resources=resources, region=REGION)
     environment = function_environment(template, FUNCTION_IDS[function], evaluator)
