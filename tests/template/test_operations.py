@@ -293,7 +293,11 @@ def test_consumer_configuration(cfn_resources, function_id, service, timeout):
     expected |= {"POWERTOOLS_LOGGER_LOG_EVENT", "LOG_LEVEL"}
     if function_id == "MeterEventsFunction":
         assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "MeterEventsDeadLetterQueue"}
-        expected.add("DEAD_LETTER_QUEUE_URL")
+        assert env["METER_STATE_TABLE"] == {"Ref": "MeterStateTable"}
+        # The function dead-letters on the delivery the redrive policy would otherwise move without a reason.
+        redrive = cfn_resources["MeterEventsQueue"]["Properties"]["RedrivePolicy"]
+        assert int(env["MAX_RECEIVE_COUNT"]) == int(redrive["maxReceiveCount"])
+        expected |= {"DEAD_LETTER_QUEUE_URL", "METER_STATE_TABLE", "MAX_RECEIVE_COUNT"}
     assert set(env) == expected
     assert "ReservedConcurrentExecutions" not in properties
 

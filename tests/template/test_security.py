@@ -50,6 +50,7 @@ def via_secrets_manager(*secrets: Any) -> dict[str, Any]:
 
 
 VIA_SQS_ONLY = {"StringEquals": {"kms:ViaService": VIA_SQS}}
+VIA_DYNAMODB_ONLY = {"StringEquals": {"kms:ViaService": {"Fn::Sub": "dynamodb.${AWS::Region}.amazonaws.com"}}}
 
 
 def grants(*entries: tuple[tuple[str, ...], Any, Any]) -> set[tuple[str, str, str]]:
@@ -98,6 +99,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str, str]]] = {
         # Malformed events go to the DLQ with their reason.
         (("sqs:SendMessage",), arn("MeterEventsDeadLetterQueue"), None),
         (("kms:Decrypt", "kms:GenerateDataKey"), KEY_ARN, VIA_SQS_ONLY),
+        # The meter state table keeps each meter's events in order; its key is used through DynamoDB only.
+        (("dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:DeleteItem"), arn("MeterStateTable"), None),
+        (("kms:Decrypt", "kms:DescribeKey"), KEY_ARN, VIA_DYNAMODB_ONLY),
     ),
     "MeterQueryFunction": consumer("MeterQueryLogGroup"),
 }

@@ -33,12 +33,17 @@ BUSY_BASE_DELAY_SECONDS = 0.25
 # can lag a write by seconds), at most this many times, backing off from this delay.
 READ_YOUR_WRITE_ATTEMPTS = 5
 READ_YOUR_WRITE_BASE_DELAY_SECONDS = 0.1
-# After an on-demand refresh ended without a usable token, this container holds off for a jittered 50-100% of
-# this: calls fail at once with RefreshHoldOffError (no secret read, no refresher call) unless the cache still
+# After an on-demand refresh ended without a usable token, this container holds off for a jittered 75-100% of
+# this (doubling with each failure in a row, see below): calls fail at once with RefreshHoldOffError (no secret read, no refresher call) unless the cache still
 # has a usable token; the first call after the window probes again (one read, one refresher call). During an IdP
 # outage longer than a token's lifetime that is at most one read and one invoke per window and container,
 # instead of a read per call (benchmarks/RESULTS.md, fleet simulation).
 REFRESH_HOLD_OFF_SECONDS = 30.0
+# Consecutive failed on-demand refreshes double the window up to the refresher's schedule interval (its
+# scheduled runs keep trying meanwhile): a long IdP outage costs a container one probe per few minutes instead
+# of one per 15-30 s. The price: after the IdP recovers, a container in a long window picks up the token the
+# schedule stored only when its window ends.
+MAX_REFRESH_HOLD_OFF_SECONDS = 300.0
 # After a 401, wait a random 0..this before re-reading the secret. A revocation reaches every container holding
 # the token within the same moment: spread out, most re-reads come after the first refresh has stored a new
 # token, so they need no refresher call (10,000 containers: 1.5 -> 1.1 reads each, slowest recovery 2.9 -> 1.5 s).
@@ -67,16 +72,19 @@ class TokenRecovery:
         self._clock = clock
         self._busy_attempts = busy_attempts
         self._hold_off_until = -math.inf
+        self._failed_refreshes = 0
 
     def usable_token(self) -> AccessToken:
         """The cached or stored token; if it has expired, one from an on-demand refresh."""
         self._fail_fast_while_holding_off(RefreshReason.EXPIRED)
         try:
-            return self.tokens.get()
+            token = self.tokens.get()
         except TokenUnavailableError:
             if self._refresher is None:
                 raise
-        return self._refresh_and_read(RefreshReason.EXPIRED, None)
+            return self._refresh_and_read(RefreshReason.EXPIRED, None)
+        self._failed_refreshes = 0
+        return token
 
     def replace_rejected(self, rejected: AccessToken) -> AccessToken:
         """A token other than `rejected`, or TokenRejectedError / TokenUnavailableError saying why not."""
@@ -123,11 +131,17 @@ class TokenRecovery:
         if refresher is None:
             raise TokenUnavailableError("no valid token and on-demand refresh is off (TOKEN_REFRESHER_FUNCTION)")
         try:
-            return self._ask_refresher_and_read(refresher, reason, rejected, current_deadline())
+            token = self._ask_refresher_and_read(refresher, reason, rejected, current_deadline())
         except (TokenUnavailableError, RefreshUnavailableError):
-            jitter = random.uniform(0.5, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
-            self._hold_off_until = self._clock() + jitter * REFRESH_HOLD_OFF_SECONDS
+            self._failed_refreshes += 1
+            window = min(REFRESH_HOLD_OFF_SECONDS * 2 ** (self._failed_refreshes - 1), MAX_REFRESH_HOLD_OFF_SECONDS)
+            # 75-100%: spread enough to keep a fleet's probes apart, long enough on average to keep an outage's
+            # reads under 50 per 1,000 invocations (benchmarks/RESULTS.md, fleet simulation).
+            jitter = random.uniform(0.75, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
+            self._hold_off_until = self._clock() + jitter * window
             raise
+        self._failed_refreshes = 0
+        return token
 
     def _ask_refresher_and_read(
         self, refresher: RefreshRequester, reason: RefreshReason, rejected: AccessToken | None, deadline: Deadline
@@ -140,6 +154,11 @@ class TokenRecovery:
                 self.tokens.invalidate(rejected)
             if answer.token_fingerprint is not None:
                 return self._read_until(answer.token_fingerprint, deadline)
+            if answer.result == RefreshResult.BUSY and self._failed_refreshes:
+                # A probe after a hold-off makes one read and one invoke. Another refresh is running: if it
+                # stores a token, the next probe (or a read of the schedule's token then) picks it up.
+                last_problem = "another refresh was running"
+                break
             try:
                 token = self.tokens.get()
             except TokenUnavailableError as error:
