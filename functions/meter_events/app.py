@@ -1,10 +1,13 @@
 """MeterEvents Lambda: apply "Create/Update/Delete Meter" events from SQS to the Usage Metering API.
 
-Partial batch responses: a retryable failure (429, 5xx, timeout, no token, an Update whose Create has not
-been applied yet) is reported as a batch item failure and SQS redelivers it, up to the queue's last delivery,
-where it is dead-lettered with its reason; a message that can never succeed goes to the dead-letter queue at
-once with its reason; nothing is dropped. Events of one meter apply in the order they were published (the
-meter state table, see usage_engine.meter_order); redelivered creates find the existing meter.
+Partial batch responses: a retryable failure (429, 5xx, timeout, no token, an Update whose Create has not been
+applied yet) is reported as a batch item failure and SQS redelivers it, up to the queue's last delivery, where
+it is dead-lettered with its reason; a message that can never succeed goes to the dead-letter queue at once
+with its reason; nothing is dropped. Every wait ends by the invocation's deadline, and a record is not started
+without enough time left for it: it is reported for retry (on its last delivery, dead-lettered with that
+reason), so the function never times out with records in flight. Events of one meter apply in the order they
+were published (the meter state table, see usage_engine.meter_order); redelivered creates find the existing
+meter.
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
     DeadLetterError,
+    Deadline,
     MessageOutcome,
     MeterEventHandler,
     RetryableMessageError,
     UsageEngineClient,
     UsageMeteringApi,
     components,
+    deadline_scope,
     publish_api_calls,
 )
 from usage_engine.meter_events import max_receive_count_from_env, sorted_records
@@ -41,6 +46,12 @@ tracer = Tracer(service=SERVICE)
 # With ReportBatchItemFailures, a batch whose every record failed is still a normal answer (all listed as
 # failures, all redelivered), not a function error with tracebacks and an Errors alarm.
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+# Kept back from the function's timeout for the partial batch response, the metrics and the logs: a Lambda
+# timeout would lose all three and redeliver records that were already applied.
+ANSWER_MARGIN_SECONDS = 2.0
+# A record is started only with at least this much time left: a lookup, a write and the state table's lease
+# with a retry each fit (every call ends by the deadline anyway, but a record cut off half-way costs a retry).
+RECORD_START_SECONDS = 5.0
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -55,15 +66,26 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         MeterStateTable(parts.dynamodb(), required_setting("METER_STATE_TABLE"), clock=parts.clock, sleep=parts.sleep),
     )
     max_receive_count = max_receive_count_from_env()
+    deadline = Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)
 
     def record_handler(record: SQSRecord) -> str:
         try:
-            outcome = handler.handle_delivery(
-                record.body,
-                record.message_id,
-                receive_count=_receive_count(record),
-                max_receive_count=max_receive_count,
-            )
+            if deadline.remaining() < RECORD_START_SECONDS:
+                metrics.add_metric(name="MeterEventsDeferred", unit=MetricUnit.Count, value=1)
+                outcome = handler.defer(
+                    record.body,
+                    record.message_id,
+                    reason="not started: too little of the invocation's time left",
+                    receive_count=_receive_count(record),
+                    max_receive_count=max_receive_count,
+                )
+            else:
+                outcome = handler.handle_delivery(
+                    record.body,
+                    record.message_id,
+                    receive_count=_receive_count(record),
+                    max_receive_count=max_receive_count,
+                )
         except (RetryableMessageError, DeadLetterError) as error:
             # DeadLetterError: the record could not be parked in the dead-letter queue, so SQS keeps it.
             metrics.add_metric(name="MeterEventsRetried", unit=MetricUnit.Count, value=1)
@@ -83,9 +105,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     # Events published together are applied in their order instead of waiting for a redelivery.
     event = {**event, "Records": sorted_records(list(event.get("Records") or []))}
     try:
-        return process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+        with deadline_scope(deadline):
+            return process_partial_response(
+                event=event, record_handler=record_handler, processor=processor, context=context
+            )
     finally:
         publish_api_calls(client.drain_call_counts(), service=SERVICE)
 

@@ -301,6 +301,15 @@ class MeterEventHandler:
                 raise
             return self._dead_letter(body, message_id, f"{error} after {receive_count} deliveries")
 
+    def defer(
+        self, body: str, message_id: str, *, reason: str, receive_count: int, max_receive_count: int
+    ) -> MessageOutcome:
+        """Leave a message for a later delivery without starting it (e.g. too little time left): raises
+        RetryableMessageError, except on its last delivery, where it is dead-lettered with `reason`."""
+        if receive_count < max_receive_count:
+            raise RetryableMessageError(reason)
+        return self._dead_letter(body, message_id, f"{reason} on delivery {receive_count}")
+
     def handle(self, body: str, message_id: str) -> MessageOutcome:
         """Apply one message. Raises RetryableMessageError (and only that) when SQS should redeliver it."""
         try:

@@ -33,11 +33,11 @@ BUSY_BASE_DELAY_SECONDS = 0.25
 # can lag a write by seconds), at most this many times, backing off from this delay.
 READ_YOUR_WRITE_ATTEMPTS = 5
 READ_YOUR_WRITE_BASE_DELAY_SECONDS = 0.1
-# After an on-demand refresh ended without a usable token, this container holds off for a jittered 75-100% of
-# this (doubling with each failure in a row, see below): calls fail at once with RefreshHoldOffError (no secret read, no refresher call) unless the cache still
-# has a usable token; the first call after the window probes again (one read, one refresher call). During an IdP
-# outage longer than a token's lifetime that is at most one read and one invoke per window and container,
-# instead of a read per call (benchmarks/RESULTS.md, fleet simulation).
+# After an on-demand refresh ended without a usable token, this container holds off for a jittered 75-100% of this
+# (doubling with each failure in a row, see below): calls fail at once with RefreshHoldOffError (no secret read,
+# no refresher call) unless the cache still has a usable token; the first call after the window probes again (one
+# read, one refresher call). During an IdP outage longer than a token's lifetime that is at most one read and one
+# invoke per window and container, instead of a read per call (benchmarks/RESULTS.md, fleet simulation).
 REFRESH_HOLD_OFF_SECONDS = 30.0
 # Consecutive failed on-demand refreshes double the window up to the refresher's schedule interval (its
 # scheduled runs keep trying meanwhile): a long IdP outage costs a container one probe per few minutes instead
