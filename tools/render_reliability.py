@@ -16,6 +16,7 @@ import importlib
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENT = ROOT / "docs" / "reliability.md"
@@ -33,8 +34,11 @@ for on-demand refreshes. The tests live by part in `tests/reliability/test_idp_f
 `test_fault[idp-500]`), and `test_fault_matrix.py` checks that every row has exactly one. Faults moto
 cannot produce (throttling, AccessDenied, DecryptionFailure) are answered at botocore's send boundary; TCP
 faults come from loopback sockets that refuse, never answer a SYN, or reset; a slow answer is a request
-the emulator holds unanswered until the client has timed out. Retry policies are the production ones;
-their waits are recorded and asserted instead of slept, so no row depends on how fast the machine runs it.
+the emulator holds unanswered until the client has timed out; a lagging replica is a read that gets the
+version the last write replaced. Retry policies are the production ones; their waits (HTTP and SDK backoff,
+Retry-After, the consumers' recovery) are recorded and asserted instead of slept, and the hold-off after a
+failed refresh runs on a frozen clock, so no row depends on how fast the machine runs it. Deadline rows give
+the handler a short timeout; what they wait for is a held request, whose read timeout the deadline ends.
 
 Each test asserts the structured columns exactly as shown:
 
@@ -43,24 +47,37 @@ Each test asserts the structured columns exactly as shown:
 * **Stored token**: *{untouched}* means the token secret's value and version count did not change;
   *{replaced}* means exactly one new version holding the token the IdP just issued; *{none}* means
   there was none and there still is none.
-* **SQS record** (consumer rows; `-` for refresher runs): *{applied}* (deleted, effect visible in the
-  Usage Engine), *{retry}* (visible again in the queue for SQS to redeliver), *{dlq}* (in the dead-letter
-  queue with a `reason` attribute). A record in none of these states fails the test: nothing is dropped.
-  A retried record is reported in `batchItemFailures`. That holds when every record of a batch failed
-  too (as in these one-record batches): meter_events builds its BatchProcessor with
+* **SQS record / HTTP answer**: for a record through meter_events, *{applied}* (deleted, effect visible in
+  the Usage Engine), *{retry}* (visible again in the queue for SQS to redeliver), *{dlq}* (in the
+  dead-letter queue with a `reason` attribute). A record in none of these states fails the test: nothing is
+  dropped. A retried record is reported in `batchItemFailures`. That holds when every record of a batch
+  failed too (as in these one-record batches): meter_events builds its BatchProcessor with
   `raise_on_entire_batch_failure=False`, so a whole-batch failure is a normal answer listing every record,
-  not a failed invocation.
+  not a failed invocation. For a query through meter_query, the HTTP status, the `code` of its JSON error
+  body and whether a `Retry-After` header comes with it; the typed error is the one the handler turned into
+  that answer. `-` for refresher runs and for rows whose consumers are modelled containers calling the
+  layer's client directly (their log line and metric then come from the refresher).
 * **Log line**: a Powertools JSON log line with this `message` whose fields contain the detail shown.
 * **Metric**: an EMF metric the run emitted.
 
 Every row also scans its log lines, metric documents, error messages, dead-letter reasons and (refresher
 rows) the handler's return value for the client secret and for every token the emulator issued.
 
-A row marked *known bug* is a test marked `xfail(strict=True)`: it fails today for the reason given under
-[Known bugs](#known-bugs), and turns the suite red as soon as the fix lands, so that the mark is removed.
+A row marked *known bug* is a test marked `xfail(strict=True, raises=AssertionError)`: it fails an assertion
+today for the reason given under [Known bugs](#known-bugs) (any other error is reported as a failure), and
+turns the suite red as soon as the fix lands, so that the mark is removed.
 """
 
-COLUMNS = ("Fault", "Expected outcome", "Typed error", "Stored token", "SQS record", "Log line", "Metric", "Test")
+COLUMNS = (
+    "Fault",
+    "Expected outcome",
+    "Typed error",
+    "Stored token",
+    "SQS record / HTTP answer",
+    "Log line",
+    "Metric",
+    "Test",
+)
 
 
 def load_matrix() -> ModuleType:
@@ -75,6 +92,20 @@ def cell(text: str) -> str:
 
 def code(text: str) -> str:
     return f"`{text}`" if text else "-"
+
+
+def fate(row: Any) -> str:
+    """The SQS record's fate, or meter_query's answer, or `-` (refresher runs, modelled containers)."""
+    if row.sqs:
+        return str(row.sqs)
+    if row.http is None:
+        return "-"
+    answer = f"HTTP {row.http.status}"
+    if row.http.code:
+        answer += f" `{row.http.code}`"
+    if row.http.retry_after:
+        answer += " with `Retry-After`"
+    return answer
 
 
 def render() -> str:
@@ -105,7 +136,7 @@ def render() -> str:
                 row.outcome,
                 code(row.error or ""),
                 row.token,
-                row.sqs or "-",
+                fate(row),
                 log,
                 code(row.metric),
                 status,

@@ -2,7 +2,7 @@
 
 This table is the single source of truth for two things: the scenario modules of its parts
 (`test_idp_faults.py`, `test_secrets_manager_faults.py`, `test_api_faults.py`) run one scenario per row and
-assert the row's structured columns (typed error, stored token, SQS fate, log line, metric), and
+assert the row's structured columns (typed error, stored token, SQS fate or HTTP answer, log line, metric), and
 `tools/render_reliability.py` renders it into docs/reliability.md. Pure data: no imports of the layer.
 """
 
@@ -20,18 +20,25 @@ UNTOUCHED = "untouched"  # same value, no new version
 REPLACED = "replaced"  # exactly one new version, holding the token the IdP just issued
 NONE_STORED = "none stored"  # there was none and there still is none
 
-# SQS item fate (API rows and the consumer rows of the other parts).
+# SQS item fate (meter_events rows); meter_query rows have an HTTP answer instead (`Http`), refresher rows neither.
 APPLIED = "applied"  # deleted from the queue, its effect is in the Usage Engine
 RETRY = "retry"  # reported in batchItemFailures: visible again in the queue, SQS redelivers it
 DLQ = "DLQ"  # sent to the dead-letter queue with a reason attribute, deleted from the queue
 
-BUG_TOKEN_CHARS = "B1: a trailing newline passes the bearer-token character check (`$` matches before '\\n')"
-BUG_DEEP_JSON = "B2: deeply nested JSON raises RecursionError, not the parser's typed error"
-BUG_BINARY_SECRET = (
-    "B3: a SecretBinary secret is a SecretStoreError (read: IAM/KMS trouble); the token secret is never repaired"
+# Known bugs keep their ids after the fix: B1-B5 were found by rows of this table and are fixed.
+BUG_READ_YOUR_WRITE_EXPIRED = (
+    "B6: after an on-demand refresh for an expired token, a re-read that still shows the expired token raises at "
+    "once instead of re-reading until the reported token shows; the container then holds off"
 )
-BUG_DLQ_SEND_LOG = "B4: a failed dead-letter send is retried but no log line or metric says so"
-BUG_DECODE_CHARS = "B5: decode_token accepts a token no HTTP header can carry, so consumers fail without healing"
+
+
+@dataclass(frozen=True)
+class Http:
+    """meter_query's answer: its status, the JSON error body's code, and whether a Retry-After header comes with it."""
+
+    status: int
+    code: str | None = None
+    retry_after: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class Row:
     log_detail: str
     metric: str
     known_bug: str | None = None
+    http: Http | None = None  # meter_query rows: the answer the handler gives
 
 
 ROWS: tuple[Row, ...] = (
@@ -315,6 +323,59 @@ ROWS: tuple[Row, ...] = (
         "HTTP 400",
         "TokenRefreshFailed",
     ),
+    Row(
+        "idp-503-retry-after-fraction",
+        IDP,
+        "HTTP 503 with Retry-After: 1.5, twice, then OK",
+        "a fractional Retry-After is honoured (waits 1.5 s twice), not a reason to stop retrying; third request succeeds",
+        None,
+        REPLACED,
+        None,
+        "Token refreshed",
+        '"idp_attempts": 3',
+        "TokenRefreshed",
+    ),
+    # --- IdP: what the refresher remembers between runs (each row in a new container) ---------------------------
+    Row(
+        "idp-forced-twice",
+        IDP,
+        'two {"reason": "forced"} runs within 10 minutes',
+        "the second answers forced-too-soon without an IdP request (so does a third 9 minutes on); a new "
+        "credentials version lifts the limit",
+        None,
+        UNTOUCHED,
+        None,
+        "Token refresh skipped",
+        '"reason": "forced-too-soon"',
+        "TokenRefreshBackedOff",
+    ),
+    Row(
+        "idp-invalid-client-remembered",
+        IDP,
+        "HTTP 401 invalid_client on a forced run, then a consumer reports the stored token rejected",
+        "the on-demand run fails at once, without an IdP request; a new credentials version is tried again",
+        "CredentialsRejectedError",
+        UNTOUCHED,
+        None,
+        "Token refresh failed",
+        '"error_type": "CredentialsRejectedError"',
+        "TokenRefreshBackedOff",
+    ),
+    Row(
+        "idp-outage-expired-token",
+        IDP,
+        "HTTP 503 throughout while the stored token has expired (meter_query, 4 queries)",
+        "the 1st query asks the refresher once (503); the next 3 fail at once with RefreshHoldOffError: no "
+        "GetSecretValue, no Invoke; the 1st query after the hold-off (at most 30 s, longer after each failure) asks "
+        "again",
+        "RefreshHoldOffError",
+        UNTOUCHED,
+        None,
+        "No Usage Engine token (holding off)",
+        "failed moments ago",
+        "TokenRefreshFailed",
+        http=Http(503, "token_unavailable", retry_after=True),
+    ),
     # --- Secrets Manager -------------------------------------------------------------------------------------------
     Row(
         "sm-throttling-burst",
@@ -520,6 +581,62 @@ ROWS: tuple[Row, ...] = (
         '"reason": "unreadable"',
         "TokenRefreshed",
     ),
+    # --- Secrets Manager: consumers reading what the refresher just wrote, and many threads reading at once -------
+    Row(
+        "sm-read-your-write-lag",
+        SECRETS,
+        "the 1st re-read after an on-demand refresh gets the version it replaced (a lagging replica; meter_query "
+        "after a 401)",
+        "the consumer re-reads until the secret shows the token the refresher reported, then resends: 200",
+        None,
+        REPLACED,
+        None,
+        "Token refreshed",
+        '"reason": "rejected"',
+        "TokenRefreshed",
+        http=Http(200),
+    ),
+    Row(
+        "sm-read-your-write-lag-expired",
+        SECRETS,
+        "the same lagging re-read when the stored token had expired (it gets the expired token)",
+        "the consumer re-reads until the secret shows the token the refresher reported: 200",
+        None,
+        REPLACED,
+        None,
+        "Token refreshed",
+        '"reason": "expiring"',
+        "TokenRefreshed",
+        known_bug=BUG_READ_YOUR_WRITE_EXPIRED,
+        http=Http(200),
+    ),
+    Row(
+        "sm-read-your-write-never",
+        SECRETS,
+        "the secret never shows the token the refresher reported (every re-read lags; meter_query after a 401)",
+        "5 reads, waiting 0.1, 0.2, 0.4, 0.8 s, then TokenUnavailableError naming both fingerprints: 503",
+        "TokenUnavailableError",
+        REPLACED,
+        None,
+        "No Usage Engine token",
+        "after 5 reads",
+        "TokenRefreshed",
+        http=Http(503, "token_unavailable"),
+    ),
+    Row(
+        "sm-single-flight-failure",
+        SECRETS,
+        "GetSecretValue throttled on all 4 SDK attempts while 5 threads of one container wait for its cold cache",
+        "one read (4 SDK attempts) for the 5 threads: the waiters share its SecretStoreError instead of repeating "
+        "the read; meter_query's thread answers 503",
+        "SecretStoreError",
+        UNTOUCHED,
+        None,
+        "Secrets Manager unavailable",
+        "ThrottlingException",
+        "MeterQueries",
+        http=Http(503, "secrets_unavailable"),
+    ),
     # --- Usage Engine API: one "Create Meter" record through SQS -> meter_events (unless said otherwise) -------
     Row(
         "api-401-once",
@@ -537,7 +654,7 @@ ROWS: tuple[Row, ...] = (
         "api-401-always",
         API,
         "HTTP 401 on every request",
-        "one heal attempt per delivery, then no loop; SQS redrives it to the DLQ after 5 receives",
+        "one heal attempt per delivery, then no loop; on its 5th delivery it is dead-lettered with its reason",
         "AuthenticationError",
         REPLACED,
         RETRY,
@@ -712,6 +829,86 @@ ROWS: tuple[Row, ...] = (
         "Meter event will be retried",
         "dead-letter queue failed",
         "MeterEventsRetried",
+    ),
+    # --- Usage Engine API: deadlines (every wait ends by the deadline: the timeout minus a margin for answering) -
+    Row(
+        "api-silent-meter-query",
+        API,
+        "the API never answers (meter_query with a 2 s timeout)",
+        "one attempt, whose read timeout ends at the deadline; the 504 and its JSON body come before the timeout",
+        "UsageEngineApiError",
+        UNTOUCHED,
+        None,
+        "Usage Engine API error",
+        "read timeout",
+        "ApiCalls",
+        http=Http(504, "upstream_unreachable"),
+    ),
+    Row(
+        "api-silent-meter-events-batch",
+        API,
+        "the API never answers a batch of 3 records (meter_events with an 8.5 s timeout)",
+        "the 1st record's one attempt ends at the deadline (timeout - 2 s); the others are not started (less than "
+        "5 s left): all 3 in batchItemFailures, answered before the timeout",
+        "UsageEngineApiError",
+        UNTOUCHED,
+        RETRY,
+        "Meter event will be retried",
+        "read timeout",
+        "MeterEventsRetried",
+    ),
+    Row(
+        "api-retry-after-beyond-deadline",
+        API,
+        "HTTP 503 with Retry-After: 8 (meter_query with a 4 s timeout)",
+        "no retry, since the wait would end past the deadline: 1 request, no wait; the API's 503 is reported at "
+        "once (as a 502)",
+        "UsageEngineApiError",
+        UNTOUCHED,
+        None,
+        "Usage Engine API error",
+        '"status": 503',
+        "ApiCalls",
+        http=Http(502, "upstream_error"),
+    ),
+    Row(
+        "api-retry-after-negative",
+        API,
+        "HTTP 503 with Retry-After: -1, twice, on the lookup (GET)",
+        "read as no hint, not as a reason to stop retrying: the usual backoff (0, then 1-1.5 s), third lookup succeeds",
+        None,
+        UNTOUCHED,
+        APPLIED,
+        "Meter event applied",
+        '"action": "created"',
+        "MeterEventsApplied",
+    ),
+    # --- Usage Engine API: tokens it rejects ---------------------------------------------------------------------
+    Row(
+        "api-401-seconds-after-refresh",
+        API,
+        "every token revoked seconds after a scheduled refresh, while 8 containers hold it",
+        "the first rejection is honoured at any age: one IdP request for the 8 containers, every request succeeds",
+        None,
+        REPLACED,
+        None,
+        "Token refreshed",
+        '"reason": "rejected"',
+        "TokenRefreshed",
+    ),
+    Row(
+        "api-401-persistent-backoff",
+        API,
+        "HTTP 401 on every request (meter_query, 4 queries)",
+        "the first rejection is honoured (1 IdP request); reports of the token minted for it hit its backoff: "
+        "no IdP request, no new version; 503",
+        "AuthenticationError",
+        REPLACED,
+        None,
+        "Token refresh skipped",
+        '"reason": "rejected-within-cooldown"',
+        "TokenRefreshBackedOff",
+        http=Http(503, "upstream_authentication"),
     ),
 )
 

@@ -16,7 +16,8 @@ from typing import Any
 import boto3
 import time_machine
 
-from local.lambda_runtime import invoke, load_event
+from local import sqs_event_source
+from local.lambda_runtime import LocalLambdaContext, invoke, load_event
 from local.sqs_event_source import BatchResult, SqsEventSource
 from tests.conftest import Deployment
 from tests.reliability import matrix
@@ -170,3 +171,33 @@ def redeliver_after_recovery(ctx: Ctx, obs: Observation) -> None:
     assert obs.fate is not None
     assert obs.fate.redelivery is not None
     assert source_of(ctx.deployment).deliver([obs.fate.redelivery]).failed == []
+
+
+def deliver_batch(ctx: Ctx, bodies: list[str], *, timeout_seconds: float) -> tuple[BatchResult, LocalLambdaContext]:
+    """Put `bodies` on the queue and let the event source deliver them as one batch to a meter_events invocation
+    whose context has `timeout_seconds`; the context is returned to say how much of it was left."""
+    sqs = boto3.client("sqs")
+    sent = {sqs.send_message(QueueUrl=ctx.deployment.resources.queue_url, MessageBody=b)["MessageId"] for b in bodies}
+    source = source_of(ctx.deployment)
+    messages: list[dict[str, Any]] = []
+    for _ in range(10):
+        messages += source.receive()
+        if len(messages) >= len(bodies):
+            break
+    assert {m["MessageId"] for m in messages} == sent
+    context = LocalLambdaContext(function_name="meter_events", timeout_seconds=timeout_seconds)
+    ctx.monkeypatch.setattr(
+        sqs_event_source, "invoke", lambda function, event: invoke(function, event, context=context)
+    )
+    return source.deliver(messages), context
+
+
+def visible_again(ctx: Ctx) -> list[str]:
+    """Message ids visible in the meter-events queue (for SQS to redeliver), all of them."""
+    seen: list[str] = []
+    for _ in range(10):
+        received = receive(ctx.deployment.resources.queue_url)
+        if not received:
+            break
+        seen += [m["MessageId"] for m in received]
+    return seen

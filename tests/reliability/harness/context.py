@@ -86,6 +86,9 @@ class Observation:
     versions_after: int = 0
     fate: Fate | None = None
     out: LambdaOutput = field(default_factory=lambda: LambdaOutput([]))
+    # meter_query rows: every answer in order (`returned` is the last) and what each left of its timeout.
+    answers: list[dict[str, Any]] = field(default_factory=list)
+    left_ms: list[int] = field(default_factory=list)
 
 
 Scenario = Callable[[Ctx], Observation]

@@ -1,5 +1,5 @@
-"""Fault injection: recorded (not slept) backoff, Secrets Manager and SQS errors answered at botocore's send
-boundary, and loopback servers that never accept or that reset."""
+"""Fault injection: recorded (not slept) backoff; Secrets Manager and SQS errors, stale reads and held requests
+at botocore's send boundary; and loopback servers that never accept or that reset."""
 
 from __future__ import annotations
 
@@ -81,17 +81,57 @@ class _Fault:
     target: str | None
 
 
+# Long enough that no loaded machine reaches it; a test that does has hung.
+GATE_LIMIT_SECONDS = 300.0
+
+
+@dataclass
+class _Stale:
+    target: str
+    remaining: int
+
+
+@dataclass
+class Gate:
+    """Holds the first matching request at the send boundary until the test opens it: the test knows the
+    request is in flight (`reached`) and decides when it goes on, whatever the machine's speed."""
+
+    operation: str
+    target: str | None
+    reached: threading.Event = field(default_factory=threading.Event)
+    opened: threading.Event = field(default_factory=threading.Event)
+    used: bool = False
+
+    def wait_reached(self) -> None:
+        if not self.reached.wait(GATE_LIMIT_SECONDS):
+            raise TimeoutError(f"no {self.operation} request reached the gate")
+
+    def open(self) -> None:
+        self.opened.set()
+
+    def hold(self) -> None:
+        """Called by the request being held."""
+        self.reached.set()
+        if not self.opened.wait(GATE_LIMIT_SECONDS):
+            raise TimeoutError(f"the gate for {self.operation} was never opened")
+
+
 @dataclass
 class AwsFaults:
-    """Answers chosen requests of one boto3 client with an AWS error before they leave the process.
+    """Answers chosen requests of one boto3 client with an AWS error before they leave the process, serves
+    chosen reads from the version a write just replaced, and holds a chosen request until the test opens its
+    gate.
 
     Everything not matched goes on to moto. `attempts` counts every request the client made (so SDK retries
-    are visible); `injected` counts the answers given here.
+    are visible); `injected` counts the error answers given here, `stale` the reads turned stale.
     """
 
     faults: list[_Fault] = field(default_factory=list)
     attempts: Counter[str] = field(default_factory=Counter)
     injected: Counter[str] = field(default_factory=Counter)
+    stale: Counter[str] = field(default_factory=Counter)
+    _stale_reads: list[_Stale] = field(default_factory=list)
+    _gates: list[Gate] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def install(self, client: Any) -> AwsFaults:
@@ -104,17 +144,55 @@ class AwsFaults:
         with self._lock:
             self.faults.append(_Fault(operation, code, status, times, target))
 
+    def serve_previous(self, target: str, *, times: int = 1) -> None:
+        """The next `times` GetSecretValue requests for `target` read its AWSPREVIOUS version: what a lagging
+        replica or cache serves right after a write (the value the write replaced, labelled as current)."""
+        with self._lock:
+            self._stale_reads.append(_Stale(target, times))
+
+    def gate(self, operation: str, *, target: str | None = None) -> Gate:
+        """Hold the next request of `operation` (on `target`, if given) until the returned gate is opened; the
+        faults above apply to it once it goes on."""
+        gate = Gate(operation, target)
+        with self._lock:
+            self._gates.append(gate)
+        return gate
+
     def before_send(self, request: AWSPreparedRequest, event_name: str, **_: Any) -> AWSResponse | None:
         operation = event_name.rsplit(".", 1)[-1]
         target = _target_of(request)
         with self._lock:
             self.attempts[operation] += 1
+            gate = next(
+                (g for g in self._gates if not g.used and g.operation == operation and g.target in (None, target)),
+                None,
+            )
+            if gate is not None:
+                gate.used = True
+        if gate is not None:
+            gate.hold()  # outside the lock: the other threads' requests must not wait for this one
+        with self._lock:
             for fault in self.faults:
                 if fault.operation == operation and fault.remaining > 0 and fault.target in (None, target):
                     fault.remaining -= 1
                     self.injected[operation] += 1
                     return error_response(request, fault.code, fault.status)
+            if operation == "GetSecretValue":
+                for stale in self._stale_reads:
+                    if stale.remaining > 0 and stale.target == target:
+                        stale.remaining -= 1
+                        self.stale[operation] += 1
+                        _ask_for_previous(request)
+                        break
         return None
+
+
+def _ask_for_previous(request: AWSPreparedRequest) -> None:
+    # moto does not check signatures, so the signed body may change on its way out.
+    body = json.loads(request.body or b"{}")
+    body["VersionStage"] = "AWSPREVIOUS"
+    request.body = json.dumps(body).encode()
+    request.headers["Content-Length"] = str(len(request.body))
 
 
 def _target_of(request: AWSPreparedRequest) -> str | None:

@@ -13,9 +13,18 @@ DEEP_JSON = b"[" * 5000 + b"]" * 5000
 
 
 def run_refresher(
-    ctx: Ctx, fault: Callable[[], None] | None = None, *, event: str = "refresher-forced.json", seed: bool = True
+    ctx: Ctx,
+    fault: Callable[[], None] | None = None,
+    *,
+    event: str | dict[str, Any] = "refresher-forced.json",
+    seed: bool = True,
 ) -> Observation:
-    """Seed a good token (unless `seed` is False), inject `fault`, then run the refresher with `event`."""
+    """Seed a good token (unless `seed` is False), inject `fault`, then run the refresher with `event` (a file in
+    events/, or the event itself).
+
+    Every test starts with a new container and an empty AWS, so the default forced run is never held back by
+    an earlier forced run: at most one forced IdP request per 10 minutes is counted per container and, in the
+    token secret's notes, per credentials version; the seed is a scheduled run and leaves no such note."""
     if seed:
         invoke("token_refresher", load_event("refresher-scheduled.json"))
     if fault is not None:
@@ -24,7 +33,7 @@ def run_refresher(
     obs = Observation(before=snapshot(ctx.deployment), versions_before=versions(ctx.deployment))
     ctx.output()
     try:
-        obs.returned = invoke("token_refresher", load_event(event))
+        obs.returned = invoke("token_refresher", load_event(event) if isinstance(event, str) else event)
     except Exception as error:  # noqa: BLE001 - the row says which error it must be
         obs.error = error
     obs.out = ctx.output()

@@ -41,11 +41,13 @@ def refresh_now() -> dict[str, Any]:
 class RefresherRuns:
     """The token_refresher invocations the local Lambda endpoint runs, counted as they start and finish."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_finish: Callable[[], None] | None = None) -> None:
         self._condition = threading.Condition()
         self._running = 0
         self.finished = 0
         self.waits: list[float] = []
+        # Runs in the refresher's thread once a run has finished, before the invoke's caller gets its answer.
+        self._on_finish = on_finish
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> RefresherRuns:
         load = lambda_endpoint.load_module
@@ -66,6 +68,8 @@ class RefresherRuns:
             try:
                 return handler(event, context)
             finally:
+                if self._on_finish is not None:
+                    self._on_finish()
                 with self._condition:
                     self._running -= 1
                     self.finished += 1
