@@ -177,3 +177,13 @@ def test_the_busy_loop_stops_at_the_deadline_without_holding_off() -> None:
         subject.usable_token()
     assert sum(clock.slept) <= 0.2
     assert not subject.holding_off()  # running out of time is not a failed refresh
+
+
+def test_a_lagging_read_of_the_expired_token_is_read_again_not_a_failure() -> None:
+    clock = Clock()
+    expired, fresh = token("old-token", expires_in=-100), token("new-token")
+    secrets = Secrets(expired, expired, fresh)  # the first call, then one lagging re-read after the refresh
+    subject = recovery(secrets, Refresher(RefreshAnswer(RefreshResult.REFRESHED, fresh.fingerprint)), clock)
+    assert subject.usable_token() == fresh
+    assert secrets.reads == 3
+    assert not subject.holding_off()

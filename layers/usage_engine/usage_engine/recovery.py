@@ -178,11 +178,16 @@ class TokenRecovery:
         """Re-read the secret until it holds the token the refresher reported (read-your-write)."""
         seen = "nothing"
         for attempt in range(READ_YOUR_WRITE_ATTEMPTS):
-            token = self.tokens.get()
-            if token.fingerprint == fingerprint:
-                return token
-            seen = f"token {token.fingerprint}"
-            self.tokens.invalidate(token)
+            try:
+                token = self.tokens.get()
+            except TokenUnavailableError as error:
+                # A lagging read can still show the expired token the refresh replaced: not there yet.
+                seen = f"no usable token ({error})"
+            else:
+                if token.fingerprint == fingerprint:
+                    return token
+                seen = f"token {token.fingerprint}"
+                self.tokens.invalidate(token)
             if attempt == READ_YOUR_WRITE_ATTEMPTS - 1:
                 break
             delay = READ_YOUR_WRITE_BASE_DELAY_SECONDS * 2**attempt
