@@ -17,12 +17,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
     CredentialsRejectedError,
+    Deadline,
     DecisionReason,
     RefresherSettings,
     RefreshFailedError,
     RefreshRequest,
     TokenRefresher,
     UsageEngineError,
+    deadline_scope,
 )
 from usage_engine.observability import NAMESPACE
 
@@ -33,6 +35,10 @@ logger = Logger(service="token-refresher")
 metrics = Metrics(namespace=NAMESPACE, service="token-refresher")
 tracer = Tracer(service="token-refresher")
 
+# Kept back from the function's timeout for the metrics, the log line and the answer: the IdP retries and the
+# secret reads and write all end by the invocation's deadline.
+ANSWER_MARGIN_SECONDS = 2.0
+
 
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler(capture_response=False)
@@ -41,7 +47,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     try:
         settings = RefresherSettings.from_env()
         request = RefreshRequest.from_event(event)
-        outcome = TokenRefresher.from_settings(settings).run(request)
+        with deadline_scope(Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)):
+            outcome = TokenRefresher.from_settings(settings).run(request)
     except UsageEngineError as error:
         # Configuration and request errors count as failed refreshes too: no token was made.
         cause = error.cause if isinstance(error, RefreshFailedError) else error

@@ -12,7 +12,7 @@ from urllib3.util.retry import Retry
 from .clock import Clock, system_clock
 from .credentials import ClientCredentials
 from .errors import IdpRejectedError, IdpUnavailableError, TokenResponseError
-from .retrying_http import attempts_of, bounded_retry, describe_failure, retrying_session
+from .retrying_http import attempts_of, bounded_retry, deadline_timeout, describe_failure, retrying_session
 from .safe_text import is_code, json_field
 from .token import BEARER_TOKEN_CHARS, AccessToken
 
@@ -73,7 +73,8 @@ class ClientCredentialsExchange:
                 token_url,
                 data=form,
                 headers={"Accept": "application/json"},
-                timeout=self._timeout,
+                # requests hands a urllib3 Timeout to urllib3 as it is (its stubs only know floats and tuples).
+                timeout=deadline_timeout(*self._timeout, what="the token request"),  # type: ignore[arg-type]
                 stream=True,
                 allow_redirects=False,
             )
