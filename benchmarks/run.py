@@ -4,7 +4,8 @@ Writes benchmarks/RESULTS.md (see benchmarks/README.md for what each figure mean
 machine: moto's server for AWS, the Usage Engine emulator on loopback, and the discrete-event simulation of
 `local.simulation` (the real layer code on a virtual clock) for anything measured per hour or per fleet.
 
-    python -m benchmarks.run [--quick] [--output benchmarks/RESULTS.md] [--only warm,reads,idp,cold,throughput,fleet]
+    python -m benchmarks.run [--quick] [--output benchmarks/RESULTS.md]
+        [--only warm,reads,idp,cold,throughput,fleet,semantics]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from benchmarks.fleet import bench_fleet
 from benchmarks.read_strategies import bench_reads
 from benchmarks.refresh_rate import bench_idp
 from benchmarks.report import Section, publish, render
+from benchmarks.semantics import bench_semantics
 from benchmarks.throughput import bench_throughput
 from benchmarks.token_reads import bench_warm_reads
 
@@ -32,6 +34,7 @@ BENCHES: dict[str, Callable[[bool], Section]] = {
     "cold": bench_cold,
     "throughput": bench_throughput,
     "fleet": bench_fleet,
+    "semantics": bench_semantics,
 }
 
 

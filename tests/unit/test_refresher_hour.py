@@ -20,7 +20,7 @@ def persistent_401(world: World, *, hours: int = HOURS, recycle_every_run: bool 
     outcomes: list[RefreshOutcome] = []
     for tick in range(0, hours * 3600, REPORT_EVERY):
         world.clock.now = START + tick
-        runs = [("scheduled", None)] if tick % SCHEDULE_EVERY == 0 else []
+        runs: list[tuple[str, str | None]] = [("scheduled", None)] if tick % SCHEDULE_EVERY == 0 else []
         if world.aws.token_puts:
             runs.append(("rejected", world.stored_fingerprint()))
         for reason, fingerprint in runs:
