@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from .errors import DeadlineExceededError
 
@@ -106,3 +106,28 @@ def deadline_scope(deadline: Deadline) -> Iterator[Deadline]:
         yield effective
     finally:
         _current.reset(token)
+
+
+C = TypeVar("C")
+
+
+class DeadlineBoundClient(Generic[C]):
+    """A boto3 client, and what to use instead when the deadline is nearer than a call with it may take: a
+    client whose attempts all end in time (`within(seconds)`), so a throttled call fails fast rather than past
+    the deadline. botocore has no per-call timeout, hence a second client rather than an option."""
+
+    def __init__(
+        self, client: C, within: Callable[[float], C] | None = None, *, full_wait_seconds: float = 0.0
+    ) -> None:
+        self.client = client
+        self._within = within
+        # The longest one call can take with `client`'s own timeouts, retries and backoff.
+        self._full_wait = full_wait_seconds
+
+    def for_now(self, what: str, *, min_seconds: float = MIN_ATTEMPT_SECONDS) -> C:
+        remaining = current_deadline().remaining()
+        if remaining < min_seconds:
+            raise DeadlineExceededError(what)
+        if self._within is not None and remaining < self._full_wait:
+            return self._within(remaining)
+        return self.client

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 
-from .deadline import current_deadline
-from .errors import DeadlineExceededError, RefreshUnavailableError
+from .deadline import DeadlineBoundClient
+from .errors import RefreshUnavailableError
 from .safe_text import client_error_code, json_field
 from .states import RefreshReason, RefreshResult
 
@@ -42,10 +42,7 @@ class LambdaRefreshRequester:
         client_within: Callable[[float], LambdaClient] | None = None,
         full_wait_seconds: float = 0.0,
     ) -> None:
-        self._client = client
-        # The longest one invoke can take with `client`'s own timeouts and retries.
-        self._full_wait = full_wait_seconds
-        self._client_within = client_within
+        self._clients = DeadlineBoundClient(client, client_within, full_wait_seconds=full_wait_seconds)
         self.function_name = function_name
 
     def request(self, reason: RefreshReason, token_fingerprint: str | None = None) -> RefreshAnswer:
@@ -57,12 +54,7 @@ class LambdaRefreshRequester:
         payload: dict[str, str] = {"reason": str(reason)}
         if token_fingerprint is not None:
             payload["token_fingerprint"] = token_fingerprint
-        remaining = current_deadline().remaining()
-        if remaining < MIN_INVOKE_SECONDS:
-            raise DeadlineExceededError("asking the token refresher")
-        client = self._client
-        if self._client_within is not None and remaining < self._full_wait:
-            client = self._client_within(remaining)
+        client = self._clients.for_now("asking the token refresher", min_seconds=MIN_INVOKE_SECONDS)
         try:
             response = client.invoke(
                 FunctionName=self.function_name,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .deadline import MIN_ATTEMPT_SECONDS, current_deadline
-from .errors import SECRET_BINARY_NOT_SUPPORTED, DeadlineExceededError, SecretStoreError
+from .deadline import DeadlineBoundClient
+from .errors import SECRET_BINARY_NOT_SUPPORTED, SecretStoreError
 from .safe_text import client_error_code
 
 if TYPE_CHECKING:
@@ -27,20 +27,11 @@ class SecretsManagerSecret:
         client_within: Callable[[float], SecretsManagerClient] | None = None,
         full_wait_seconds: float = 0.0,
     ) -> None:
-        self._client = client
-        # With less time left than `client` may take (its timeouts, retries and backoff), a client whose
-        # attempts end in time reads instead: a throttled read then fails fast rather than past the deadline.
-        self._client_within = client_within
-        self._full_wait = full_wait_seconds
+        self._clients = DeadlineBoundClient(client, client_within, full_wait_seconds=full_wait_seconds)
         self.secret_id = secret_id
 
     def _client_for_now(self, operation: str) -> SecretsManagerClient:
-        remaining = current_deadline().remaining()
-        if remaining < MIN_ATTEMPT_SECONDS:
-            raise DeadlineExceededError(f"Secrets Manager {operation} on {self.secret_id}")
-        if self._client_within is not None and remaining < self._full_wait:
-            return self._client_within(remaining)
-        return self._client
+        return self._clients.for_now(f"Secrets Manager {operation} on {self.secret_id}")
 
     def read(self) -> str | None:
         """The AWSCURRENT string, or None while the secret has no value yet."""
@@ -66,7 +57,7 @@ class SecretsManagerSecret:
     def write(self, secret_string: str) -> str:
         """Store a new version; it becomes AWSCURRENT atomically. Returns its version id."""
         try:
-            response = self._client.put_secret_value(
+            response = self._clients.client.put_secret_value(
                 SecretId=self.secret_id,
                 SecretString=secret_string,
                 # A fresh idempotency token per attempt: reusing one with a different value is an error.
