@@ -14,6 +14,7 @@ from requests.structures import CaseInsensitiveDict
 from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 from urllib3.response import HTTPResponse
 from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
 
 from local.simulation.engine import Simulation
 
@@ -66,9 +67,17 @@ class FakeHttpSession:
         *,
         headers: Mapping[str, str] | None = None,
         data: Any = None,
-        timeout: tuple[float, float] = (3.05, 10.0),
+        timeout: tuple[float, float] | Timeout = (3.05, 10.0),
         **_: Any,
     ) -> requests.Response:
+        if isinstance(timeout, Timeout):
+            # The layer passes a deadline-bound urllib3 Timeout; each attempt gets its clone, as in urllib3.
+            attempt = timeout.clone()
+            connect, read = attempt.connect_timeout, attempt.read_timeout
+            timeout = (
+                float(connect) if isinstance(connect, int | float) else 3.05,
+                float(read) if isinstance(read, int | float) else 10.0,
+            )
         sim = self._sim
         headers = headers or {}
         self.last_authorization = headers.get("Authorization")
