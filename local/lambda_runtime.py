@@ -13,6 +13,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from local.template import REGION
+
 ROOT = Path(__file__).resolve().parent.parent
 LAYER_PATH = ROOT / "layers" / "usage_engine"
 FUNCTIONS = ROOT / "functions"
@@ -34,7 +36,7 @@ class LocalLambdaContext:
 
     @property
     def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:eu-west-1:123456789012:function:{self.function_name}"
+        return f"arn:aws:lambda:{REGION}:123456789012:function:{self.function_name}"
 
     @property
     def log_group_name(self) -> str:

@@ -22,8 +22,7 @@ from typing import Any
 import boto3
 
 from local.lambda_runtime import invoke
-
-REGION = "eu-west-1"
+from local.template import REGION
 
 
 @dataclass

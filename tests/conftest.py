@@ -19,7 +19,7 @@ from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import load_module
 from local.moto_server import MotoServer
 from local.resources import CREDENTIALS_SECRET, TOKEN_SECRET, LocalResources, create_resources
-from local.stack import REFRESHER_FUNCTION, LocalEndpoints, shared_environment
+from local.stack import REFRESHER_FUNCTION, REGION, LocalEndpoints, shared_environment
 from local.usage_engine_emulator import UsageEngineEmulator
 from tests import leak_guard
 
@@ -238,6 +238,6 @@ def _no_real_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     # Belt and braces: no test may reach a real AWS endpoint, whatever it forgets to set.
     if "AWS_ENDPOINT_URL" not in os.environ:
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
         monkeypatch.delenv(name, raising=False)

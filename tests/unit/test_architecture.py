@@ -52,3 +52,17 @@ def test_a_cycle_would_be_found() -> None:
     # The check itself can fail: a graph with a cycle is refused.
     with pytest.raises(CycleError):
         list(TopologicalSorter({"a": {"b"}, "b": {"a"}}).static_order())
+
+
+def test_every_public_error_type_lives_in_errors_py() -> None:
+    # One place to learn what the layer raises; private control-flow exceptions may stay where they are used.
+    outside: list[str] = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem == "errors":
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                bases = {getattr(base, "id", getattr(base, "attr", "")) for base in node.bases}
+                if any(name.endswith(("Error", "Exception")) for name in bases):
+                    outside.append(f"{path.stem}.{node.name}")
+    assert outside == []

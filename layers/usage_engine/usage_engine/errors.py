@@ -211,3 +211,12 @@ class MalformedMessageError(UsageEngineError):
 
 class RetryableMessageError(UsageEngineError):
     """The message is fine but could not be applied now (429, 5xx, timeout, no token): SQS redelivers it."""
+
+
+class InvalidIdentifierError(UsageEngineError, ValueError):
+    """An identifier that must not reach a request; `field` names it (e.g. "meterId"), never its value."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field} {problem}")
+        self.field = field
+        self.problem = problem

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from .errors import InvalidIdentifierError
+
 __all__ = [
     "DOMAIN",
     "EXTERNAL_REF",
@@ -23,15 +25,6 @@ __all__ = [
 ]
 
 DOT_SEGMENTS = frozenset({".", ".."})
-
-
-class InvalidIdentifierError(ValueError):
-    """An identifier that must not reach a request; `field` names it (e.g. "meterId")."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"{field} {problem}")
-        self.field = field
-        self.problem = problem
 
 
 @dataclasses.dataclass(frozen=True)
