@@ -34,7 +34,6 @@ from usage_engine import (
     publish_api_calls,
 )
 from usage_engine.meter_events import max_receive_count_from_env, sorted_records
-from usage_engine.meter_state import MeterStateTable
 from usage_engine.observability import NAMESPACE
 from usage_engine.settings import required_setting
 from usage_engine.states import MessageAction
@@ -63,7 +62,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     handler = MeterEventHandler(
         UsageMeteringApi(client),
         parts.dead_letter_queue(required_setting("DEAD_LETTER_QUEUE_URL")),
-        MeterStateTable(parts.dynamodb(), required_setting("METER_STATE_TABLE"), clock=parts.clock, sleep=parts.sleep),
+        parts.meter_state_table(required_setting("METER_STATE_TABLE")),
     )
     max_receive_count = max_receive_count_from_env()
     deadline = Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)

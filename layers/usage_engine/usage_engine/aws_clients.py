@@ -46,12 +46,12 @@ def bounded_lambda_config(seconds: int) -> Config:
     )
 
 
-def bounded_secrets_manager_config(seconds: int) -> Config:
-    """Fewer attempts, each ending within `seconds`: a throttled read then fails fast (a retryable error) instead
-    of backing off past the invocation's deadline."""
+def bounded_config(base: Config, seconds: int) -> Config:
+    """`base` (Secrets Manager's or DynamoDB's) with fewer attempts, each ending within `seconds`: a throttled
+    call then fails fast (a retryable error) instead of backing off past the invocation's deadline."""
     attempts = max(1, min(4, seconds // 8))
     per_attempt = max(1, seconds // attempts)
-    return SECRETS_MANAGER_CONFIG.merge(
+    return base.merge(
         Config(
             connect_timeout=min(3, per_attempt),
             read_timeout=min(5, per_attempt),
@@ -63,6 +63,7 @@ def bounded_secrets_manager_config(seconds: int) -> Config:
 SQS_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"mode": "standard", "max_attempts": 5})
 
 DYNAMODB_CONFIG = Config(connect_timeout=3, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 4})
+DYNAMODB_FULL_WAIT_SECONDS = 4 * (3 + 5) + 7
 
 
 # AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_<SERVICE>) points these at a local emulator: no special code path.
@@ -78,5 +79,5 @@ def new_sqs_client() -> SQSClient:
     return boto3.client("sqs", config=SQS_CONFIG)
 
 
-def new_dynamodb_client() -> DynamoDBClient:
-    return boto3.client("dynamodb", config=DYNAMODB_CONFIG)
+def new_dynamodb_client(config: Config | None = None) -> DynamoDBClient:
+    return boto3.client("dynamodb", config=config or DYNAMODB_CONFIG)

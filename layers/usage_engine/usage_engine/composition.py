@@ -13,10 +13,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .api_client import UsageEngineClient
 from .aws_clients import (
+    DYNAMODB_CONFIG,
+    DYNAMODB_FULL_WAIT_SECONDS,
     LAMBDA_FULL_WAIT_SECONDS,
+    SECRETS_MANAGER_CONFIG,
     SECRETS_MANAGER_FULL_WAIT_SECONDS,
+    bounded_config,
     bounded_lambda_config,
-    bounded_secrets_manager_config,
     new_dynamodb_client,
     new_lambda_client,
     new_secrets_manager_client,
@@ -25,6 +28,7 @@ from .aws_clients import (
 from .clock import Clock, Sleep, system_clock, system_sleep
 from .dead_letter import DeadLetterQueue
 from .idp import ClientCredentialsExchange
+from .meter_state import MeterStateTable
 from .provider import TokenProvider
 from .recovery import TokenRecovery
 from .refresh_requester import LambdaRefreshRequester
@@ -97,7 +101,7 @@ class Components:
         budget = max(1, int(seconds))
         return self._once(
             ("secretsmanager-within", budget),
-            lambda: new_secrets_manager_client(bounded_secrets_manager_config(budget)),
+            lambda: new_secrets_manager_client(bounded_config(SECRETS_MANAGER_CONFIG, budget)),
         )
 
     def lambda_client_within(self, seconds: float) -> LambdaClient:
@@ -112,6 +116,15 @@ class Components:
 
     def dynamodb(self) -> DynamoDBClient:
         return self._once("dynamodb", new_dynamodb_client)
+
+    def dynamodb_within(self, seconds: float) -> DynamoDBClient:
+        """A client whose attempts all end within `seconds` (whole seconds, at least 1; cached per value)."""
+        if "dynamodb" in self._injected:
+            return self.dynamodb()
+        budget = max(1, int(seconds))
+        return self._once(
+            ("dynamodb-within", budget), lambda: new_dynamodb_client(bounded_config(DYNAMODB_CONFIG, budget))
+        )
 
     # --- the refresher's parts ---------------------------------------------------------------------------
     def exchange(self) -> ClientCredentialsExchange:
@@ -181,6 +194,16 @@ class Components:
 
     def dead_letter_queue(self, queue_url: str) -> DeadLetterQueue:
         return DeadLetterQueue(self.sqs(), queue_url)
+
+    def meter_state_table(self, table_name: str) -> MeterStateTable:
+        return MeterStateTable(
+            self.dynamodb(),
+            table_name,
+            clock=self.clock,
+            sleep=self.sleep,
+            client_within=self.dynamodb_within,
+            full_wait_seconds=DYNAMODB_FULL_WAIT_SECONDS,
+        )
 
     # --- from the environment (read at handler entry, never at import) -----------------------------------
     def provider_from_env(self) -> TokenProvider:

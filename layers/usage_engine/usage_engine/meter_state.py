@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .clock import Clock, Sleep, system_clock, system_sleep
-from .deadline import current_deadline
+from .deadline import DeadlineBoundClient, current_deadline
 from .errors import RetryableMessageError
 from .meter_order import MeterKey, MeterState, Position
 from .safe_text import client_error_code
@@ -98,8 +98,10 @@ class MeterStateTable:
         clock: Clock = system_clock,
         sleep: Sleep = system_sleep,
         waits: tuple[float, ...] = LEASE_WAITS_SECONDS,
+        client_within: Callable[[float], DynamoDBClient] | None = None,
+        full_wait_seconds: float = 0.0,
     ) -> None:
-        self._client = client
+        self._clients = DeadlineBoundClient(client, client_within, full_wait_seconds=full_wait_seconds)
         self.table_name = table_name
         self._clock = clock
         self._sleep = sleep
@@ -197,11 +199,12 @@ class MeterStateTable:
                 )
 
     def _call(self, operation: str, **arguments: Any) -> Any:
+        client = self._clients.for_now(f"meter state table {operation}")
         methods: dict[str, Callable[..., Any]] = {
-            "GetItem": self._client.get_item,
-            "UpdateItem": self._client.update_item,
-            "PutItem": self._client.put_item,
-            "DeleteItem": self._client.delete_item,
+            "GetItem": client.get_item,
+            "UpdateItem": client.update_item,
+            "PutItem": client.put_item,
+            "DeleteItem": client.delete_item,
         }
         try:
             return methods[operation](TableName=self.table_name, **arguments)
