@@ -18,7 +18,7 @@ from local.resources import publish_meter_events
 from local.sqs_event_source import SqsEventSource
 from local.stack import METER_STATE_TABLE
 from tests.conftest import Deployment, LambdaOutput
-from usage_engine import components
+from usage_engine import reset_components
 from usage_engine.errors import RetryableMessageError
 from usage_engine.meter_order import MeterKey, MeterState, Position
 from usage_engine.meter_state import STATE_TTL_SECONDS, MeterStateTable
@@ -169,7 +169,10 @@ def test_an_applied_event_whose_state_write_failed_is_applied_again_idempotently
             failures["left"] -= 1
             raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "x"}}, "PutItem")
 
-    components().dynamodb().meta.events.register("before-call.dynamodb.PutItem", fail_put)
+    # A container whose DynamoDB client fails the next PutItem (an injected client is used as it is, deadline or not).
+    dynamodb = boto3.client("dynamodb")
+    dynamodb.meta.events.register("before-call.dynamodb.PutItem", fail_put)
+    reset_components(dynamodb=dynamodb)
     source = source_of(meters)
     publish_meter_events(meters.resources.event_bus, [create("ref-7", 0)])
     batches = source.drain()
