@@ -79,7 +79,7 @@ def real_storm(containers: int) -> RealStorm:
         idp_before, reads_before = emulator.token_requests, aws.calls("GetSecretValue")
         runs_before, throttles_before = fn.invocations(REFRESHER), fn.throttles(REFRESHER)
         outcomes: list[str] = []
-        # Past the refresher's 60 s cooldown for young rejected tokens, as a real revocation would be.
+        # Five minutes on, as a revocation between two scheduled refreshes would be.
         with time_machine.travel(time.time() + 300, tick=True):
             emulator.revoke_all_tokens()
             barrier = threading.Barrier(containers)
