@@ -84,7 +84,7 @@ def bench_idp(quick: bool) -> Section:
         Target(
             "exactly one extra IdP request per revocation, at any fleet size",
             ", ".join(f"{size:,}: {count}" for size, count in idp_per_storm),
-            all(count == 1 for _, count in idp_per_storm + [(100, young.idp_requests)]),
+            all(count == 1 for _, count in [*idp_per_storm, (100, young.idp_requests)]),
             "also 30 s after a refresh (the edge case)",
         ),
     ]
