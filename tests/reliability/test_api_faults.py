@@ -23,6 +23,7 @@ from tests.reliability import matrix
 from tests.reliability.harness.check import rows_of, run_row
 from tests.reliability.harness.consumer import (
     create_meter,
+    deliver,
     deliver_batch,
     install_container_client,
     meter_event,
@@ -371,4 +372,49 @@ def _(ctx: Ctx) -> Observation:
     assert skipped == ["rejected-within-cooldown"] * 3
     # The 1st query resent once with the new token; the others were not resent with the token just refused.
     assert ctx.emulator.api_requests == 2 + 3
+    return obs
+
+
+@scenario("api-create-503-then-delete")
+def _(ctx: Ctx) -> Observation:
+    detail = {"domain": "acme", "externalRef": "ref-1", "meterTypeId": "api-calls", "userId": "user-1"}
+    create = meter_event("Create Meter", {**detail, "sequence": 1})
+    obs = run_consumer(ctx, create, lambda: ctx.emulator.fail_api_requests_matching("ref-1", 503))
+    assert obs.fate is not None
+    assert obs.fate.redelivery is not None
+    ctx.emulator.clear_api_faults()
+    # Before SQS redelivers the Create (180 s later), the publisher's Delete of the same meter is applied.
+    delete = meter_event("Delete Meter", {"domain": "acme", "externalRef": "ref-1", "sequence": 2})
+    assert deliver(ctx, delete).outcome == matrix.APPLIED
+    assert source_of(ctx.deployment).deliver([obs.fate.redelivery]).failed == []
+    assert meters(ctx) == []
+    return obs
+
+
+@scenario("api-update-before-create")
+def _(ctx: Ctx) -> Observation:
+    update = meter_event("Update Meter", {"domain": "acme", "externalRef": "ref-2", "value": 5, "sequence": 2})
+    obs = run_consumer(ctx, update)
+    assert obs.fate is not None
+    assert obs.fate.redelivery is not None
+    assert receive(ctx.deployment.resources.dead_letter_queue_url) == []
+    detail = {"domain": "acme", "externalRef": "ref-2", "meterTypeId": "api-calls", "userId": "user-1"}
+    assert deliver(ctx, meter_event("Create Meter", {**detail, "sequence": 1})).outcome == matrix.APPLIED
+    assert source_of(ctx.deployment).deliver([obs.fate.redelivery]).failed == []
+    (meter,) = ctx.emulator.meters
+    assert (meter["externalRef"], meter["value"]) == ("ref-2", 5)
+    return obs
+
+
+@scenario("api-hostile-meter-id")
+def _(ctx: Ctx) -> Observation:
+    obs = run_consumer(ctx, meter_event("Update Meter", {"meterId": "..", "value": 1}))
+    assert ctx.emulator.api_requests == 0
+    return obs
+
+
+@scenario("api-hostile-meter-id-delete")
+def _(ctx: Ctx) -> Observation:
+    obs = run_consumer(ctx, meter_event("Delete Meter", {"meterId": "."}))
+    assert ctx.emulator.api_requests == 0
     return obs
