@@ -28,7 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from .clock import Clock, Sleep, system_clock, system_sleep
 from .deadline import DeadlineBoundClient, current_deadline
-from .errors import RetryableMessageError
+from .errors import DeadlineExceededError, RetryableMessageError
 from .meter_order import MeterKey, MeterState, Position
 from .safe_text import client_error_code
 
@@ -180,8 +180,9 @@ class MeterStateTable:
 
     def _release(self, lease: _Lease) -> None:
         values: dict[str, AttributeValueTypeDef] = {":token": {"S": lease.token}}
-        with contextlib.suppress(_BusyError, RetryableMessageError):
-            # Failing to give the lease up is no reason to fail the record: the lease runs out by itself.
+        with contextlib.suppress(_BusyError, RetryableMessageError, DeadlineExceededError):
+            # Failing to give the lease up (even for want of time) is no reason to fail the record, nor to hide
+            # why it failed: the lease runs out by itself.
             if lease.state.recorded:
                 self._call(
                     "UpdateItem",
