@@ -49,10 +49,17 @@ def test_an_error_inside_the_lease_is_not_hidden_by_a_release_that_has_no_time_l
     dynamo = Dynamo()
     table = MeterStateTable(dynamo, "meter-state", clock=clock)  # type: ignore[arg-type]
     key = MeterKey("acme", "ref-1")
-    with deadline_scope(Deadline.after(5.0, clock=clock)):
-        with pytest.raises(UsageEngineApiError, match="read timeout"), table.lease(key):
+
+    def call_the_api_inside_the_lease() -> None:
+        with table.lease(key):
             clock.now += 5.0  # the API call inside the lease used up the invocation's time
             raise UsageEngineApiError("GET", "/api/usage-metering/v1/meters", None, "read timeout")
+
+    with (
+        deadline_scope(Deadline.after(5.0, clock=clock)),
+        pytest.raises(UsageEngineApiError, match="read timeout"),
+    ):
+        call_the_api_inside_the_lease()
     assert dynamo.calls == ["UpdateItem"]  # no release was attempted without time for it
 
 
@@ -60,7 +67,10 @@ def test_without_time_to_take_the_lease_nothing_is_called() -> None:
     clock = Clock()
     dynamo = Dynamo()
     table = MeterStateTable(dynamo, "meter-state", clock=clock)  # type: ignore[arg-type]
-    with deadline_scope(Deadline.after(0.0, clock=clock)), pytest.raises(DeadlineExceededError):
-        with table.lease(MeterKey("acme", "ref-1")):
-            pass
+    with (
+        deadline_scope(Deadline.after(0.0, clock=clock)),
+        pytest.raises(DeadlineExceededError),
+        table.lease(MeterKey("acme", "ref-1")),
+    ):
+        pass
     assert dynamo.calls == []
