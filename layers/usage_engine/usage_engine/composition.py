@@ -32,7 +32,7 @@ from .meter_state import MeterStateTable
 from .provider import TokenProvider
 from .recovery import TokenRecovery
 from .refresh_requester import LambdaRefreshRequester
-from .refresher import CredentialsSource, TokenRefresher
+from .refresher import CredentialsSource, RefresherMemory, TokenRefresher
 from .secrets_manager import SecretsManagerSecret
 from .settings import ConsumerSettings, RefresherSettings
 from .token_store import TokenStore
@@ -152,6 +152,11 @@ class Components:
             exchange=self.exchange(),
             settings=settings,
             clock=clock or self.clock,
+            # What the refresher remembers between runs (rejected credentials, forced attempts) lives as long as
+            # this container, like its other per-container objects.
+            memory=self._once(
+                ("refresher-memory", settings.credentials_secret_id, settings.token_secret_id), RefresherMemory
+            ),
         )
 
     # --- the consumers' parts ----------------------------------------------------------------------------

@@ -4,8 +4,6 @@ never let a persistent failure turn into a stream of IdP requests and secret ver
 from __future__ import annotations
 
 import re
-import threading
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -235,21 +233,6 @@ class RefresherMemory:
     forced_attempt: ForcedAttempt | None = None
 
 
-_memories: weakref.WeakKeyDictionary[ClientCredentialsExchange, dict[tuple[str, str], RefresherMemory]] = (
-    weakref.WeakKeyDictionary()
-)
-_memories_lock = threading.Lock()
-
-
-def container_memory(exchange: ClientCredentialsExchange, settings: RefresherSettings) -> RefresherMemory:
-    """The memory of this container's refresher. The composition root builds one IdP exchange per container and
-    hands it to every refresher it builds (one per invocation), so the memory lives exactly as long as it."""
-    with _memories_lock:
-        per_exchange = _memories.setdefault(exchange, {})
-        key = (settings.credentials_secret_id, settings.token_secret_id)
-        return per_exchange.setdefault(key, RefresherMemory())
-
-
 @dataclass(frozen=True)
 class RefreshOutcome:
     refreshed: bool
@@ -307,7 +290,9 @@ class TokenRefresher:
         self._exchange = exchange
         self._settings = settings
         self._clock = clock
-        self.memory = memory if memory is not None else container_memory(exchange, settings)
+        # The composition root hands every refresher of a container the container's memory; a refresher built
+        # by hand remembers for its own lifetime.
+        self.memory = memory if memory is not None else RefresherMemory()
 
     @classmethod
     def from_settings(cls, settings: RefresherSettings, *, clock: Clock = system_clock) -> TokenRefresher:
