@@ -98,14 +98,15 @@ pytest: venv
 unit: venv
 	$(BIN)/python -m pytest -m "unit or property" tests/unit tests/property
 
-## sam build for one architecture (ARCH=arm64|x86_64); the layer Makefile reads LAYER_ARCHITECTURE.
+## sam build for one architecture (ARCH=arm64|x86_64; the layers are pure Python and serve both). With Python 3.13
+## on PATH the layers get bytecode (fast cold starts); without it the build says so and how to get it.
 build: venv $(SAM_STAMP)
-	PATH="$(BUILD_PATH)" LAYER_ARCHITECTURE=$(ARCH) $(SAM) build --parameter-overrides Architecture=$(ARCH)
+	PATH="$(BUILD_PATH)" $(SAM) build --parameter-overrides Architecture=$(ARCH)
 
 ## sam build for both architectures (a check: deploy uses `make build`), into .aws-sam/build-all/<arch>.
 build-all: venv $(SAM_STAMP)
 	for arch in arm64 x86_64; do \
-		PATH="$(BUILD_PATH)" LAYER_ARCHITECTURE=$$arch $(SAM) build \
+		PATH="$(BUILD_PATH)" $(SAM) build \
 			--build-dir .aws-sam/build-all/$$arch --cache-dir .aws-sam/cache-all/$$arch \
 			--parameter-overrides Architecture=$$arch; \
 	done

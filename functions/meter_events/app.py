@@ -12,13 +12,11 @@ meter.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from usage_engine import (
@@ -27,7 +25,6 @@ from usage_engine import (
     MessageOutcome,
     MeterEventHandler,
     RetryableMessageError,
-    UsageEngineClient,
     UsageMeteringApi,
     components,
     deadline_scope,
@@ -36,15 +33,15 @@ from usage_engine import (
 from usage_engine.meter_events import max_receive_count_from_env, sorted_records
 from usage_engine.observability import NAMESPACE
 from usage_engine.settings import required_setting
+from usage_engine.sqs_batch import PartialBatchResponse, SqsRecord, process_records
 from usage_engine.states import MessageAction
+from usage_engine.tracing import handler_tracing
 
-SERVICE = "meter-events"
+# The template's POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE name this function's logs and metrics.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "meter-events"
 logger = Logger(service=SERVICE)
-metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
-tracer = Tracer(service=SERVICE)
-# With ReportBatchItemFailures, a batch whose every record failed is still a normal answer (all listed as
-# failures, all redelivered), not a function error with tracebacks and an Errors alarm.
-processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE, service=SERVICE)
+traced = handler_tracing(SERVICE)
 # Kept back from the function's timeout for the partial batch response, the metrics and the logs: a Lambda
 # timeout would lose all three and redeliver records that were already applied.
 ANSWER_MARGIN_SECONDS = 2.0
@@ -54,11 +51,11 @@ RECORD_START_SECONDS = 5.0
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 @metrics.log_metrics
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    client = UsageEngineClient.from_env()
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialBatchResponse:
     parts = components()
+    client = parts.client_from_env()
     handler = MeterEventHandler(
         UsageMeteringApi(client),
         parts.dead_letter_queue(required_setting("DEAD_LETTER_QUEUE_URL")),
@@ -67,7 +64,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
     max_receive_count = max_receive_count_from_env()
     deadline = Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)
 
-    def record_handler(record: SQSRecord) -> str:
+    def record_handler(record: SqsRecord) -> str:
         try:
             if deadline.remaining() < RECORD_START_SECONDS:
                 metrics.add_metric(name="MeterEventsDeferred", unit=MetricUnit.Count, value=1)
@@ -75,14 +72,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
                     record.body,
                     record.message_id,
                     reason="not started: too little of the invocation's time left",
-                    receive_count=_receive_count(record),
+                    receive_count=record.receive_count,
                     max_receive_count=max_receive_count,
                 )
             else:
                 outcome = handler.handle_delivery(
                     record.body,
                     record.message_id,
-                    receive_count=_receive_count(record),
+                    receive_count=record.receive_count,
                     max_receive_count=max_receive_count,
                 )
         except (RetryableMessageError, DeadLetterError) as error:
@@ -102,20 +99,12 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItem
         return outcome.action
 
     # Events published together are applied in their order instead of waiting for a redelivery.
-    event = {**event, "Records": sorted_records(list(event.get("Records") or []))}
+    records = sorted_records(list(event.get("Records") or []))
     try:
         with deadline_scope(deadline):
-            return process_partial_response(
-                event=event, record_handler=record_handler, processor=processor, context=context
-            )
+            return process_records(records, record_handler)
     finally:
-        publish_api_calls(client.drain_call_counts(), service=SERVICE)
-
-
-def _receive_count(record: SQSRecord) -> int:
-    # Lambda always sends it; a hand-made event without it is treated as a first delivery.
-    raw = record.attributes.get("ApproximateReceiveCount")
-    return int(raw) if isinstance(raw, str) and raw.isdigit() else 1
+        publish_api_calls(client.drain_call_counts(), service=SERVICE, namespace=metrics.namespace)
 
 
 def _record(outcome: MessageOutcome, message_id: str) -> None:

@@ -9,9 +9,10 @@ credentials the IdP has rejected are backed off (metric `TokenRefreshBackedOff`)
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -22,18 +23,21 @@ from usage_engine import (
     RefresherSettings,
     RefreshFailedError,
     RefreshRequest,
-    TokenRefresher,
     UsageEngineError,
+    components,
     deadline_scope,
 )
 from usage_engine.observability import NAMESPACE
+from usage_engine.tracing import handler_tracing
 
 # Skips that stand for a request refused by a backoff or a rate limit, not for "nothing to do".
 BACKED_OFF = frozenset({DecisionReason.REJECTED_WITHIN_COOLDOWN, DecisionReason.FORCED_TOO_SOON})
 
-logger = Logger(service="token-refresher")
-metrics = Metrics(namespace=NAMESPACE, service="token-refresher")
-tracer = Tracer(service="token-refresher")
+# The template's POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE name this function's logs and metrics.
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "token-refresher"
+logger = Logger(service=SERVICE)
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE, service=SERVICE)
+traced = handler_tracing(SERVICE)
 
 # Kept back from the function's timeout for the metrics, the log line and the answer: the IdP retries and the
 # secret reads and write all end by the invocation's deadline.
@@ -41,14 +45,14 @@ ANSWER_MARGIN_SECONDS = 2.0
 
 
 @logger.inject_lambda_context(log_event=False)
-@tracer.capture_lambda_handler(capture_response=False)
+@traced
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         settings = RefresherSettings.from_env()
         request = RefreshRequest.from_event(event)
         with deadline_scope(Deadline.from_context(context, margin_seconds=ANSWER_MARGIN_SECONDS)):
-            outcome = TokenRefresher.from_settings(settings).run(request)
+            outcome = components().refresher(settings).run(request)
     except UsageEngineError as error:
         # Configuration and request errors count as failed refreshes too: no token was made.
         cause = error.cause if isinstance(error, RefreshFailedError) else error

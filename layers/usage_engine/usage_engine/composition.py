@@ -1,8 +1,12 @@
 """The composition root: every object that lives as long as the Lambda container is built here, once.
 
-Warm invocations reuse what a cold start built (boto3 clients, the IdP session, token caches, pooled API
+Warm invocations reuse what a cold start built (AWS clients, the IdP session, token caches, pooled API
 sessions). Handlers, the local emulators' demo, the benchmarks and the tests all build parts through a
 `Components`; tests start a "new container" with `reset_components()`.
+
+The parts only one function needs (the refresher's IdP exchange, the meter events' state table and dead-letter
+queue) are imported by the method that builds them: a consumer never loads the refresher's modules, which
+keeps every function's cold start to what it uses.
 """
 
 from __future__ import annotations
@@ -23,25 +27,28 @@ from .aws_clients import (
     new_dynamodb_client,
     new_lambda_client,
     new_secrets_manager_client,
+    new_session,
     new_sqs_client,
 )
 from .clock import Clock, Sleep, system_clock, system_sleep
-from .dead_letter import DeadLetterQueue
-from .idp import ClientCredentialsExchange
-from .meter_state import MeterStateTable
 from .provider import TokenProvider
 from .recovery import TokenRecovery
 from .refresh_requester import LambdaRefreshRequester
-from .refresher import CredentialsSource, RefresherMemory, TokenRefresher
 from .secrets_manager import SecretsManagerSecret
 from .settings import ConsumerSettings, RefresherSettings
 from .token_store import TokenStore
 
 if TYPE_CHECKING:
+    from botocore.session import Session
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
+
+    from .dead_letter import DeadLetterQueue
+    from .idp import ClientCredentialsExchange
+    from .meter_state import MeterStateTable
+    from .refresher import CredentialsSource, TokenRefresher
 
 T = TypeVar("T")
 
@@ -88,11 +95,14 @@ class Components:
             return made
 
     # --- AWS clients -------------------------------------------------------------------------------------
+    def botocore_session(self) -> Session:
+        return self._once("botocore-session", new_session)
+
     def secrets_manager(self) -> SecretsManagerClient:
-        return self._once("secretsmanager", new_secrets_manager_client)
+        return self._once("secretsmanager", lambda: new_secrets_manager_client(self.botocore_session()))
 
     def lambda_client(self) -> LambdaClient:
-        return self._once("lambda", new_lambda_client)
+        return self._once("lambda", lambda: new_lambda_client(self.botocore_session()))
 
     def secrets_manager_within(self, seconds: float) -> SecretsManagerClient:
         """A client whose attempts all end within `seconds` (whole seconds, at least 1; cached per value)."""
@@ -101,7 +111,7 @@ class Components:
         budget = max(1, int(seconds))
         return self._once(
             ("secretsmanager-within", budget),
-            lambda: new_secrets_manager_client(bounded_config(SECRETS_MANAGER_CONFIG, budget)),
+            lambda: new_secrets_manager_client(self.botocore_session(), bounded_config(SECRETS_MANAGER_CONFIG, budget)),
         )
 
     def lambda_client_within(self, seconds: float) -> LambdaClient:
@@ -109,13 +119,15 @@ class Components:
         if "lambda" in self._injected:
             return self.lambda_client()
         budget = max(1, int(seconds))
-        return self._once(("lambda-within", budget), lambda: new_lambda_client(bounded_lambda_config(budget)))
+        return self._once(
+            ("lambda-within", budget), lambda: new_lambda_client(self.botocore_session(), bounded_lambda_config(budget))
+        )
 
     def sqs(self) -> SQSClient:
-        return self._once("sqs", new_sqs_client)
+        return self._once("sqs", lambda: new_sqs_client(self.botocore_session()))
 
     def dynamodb(self) -> DynamoDBClient:
-        return self._once("dynamodb", new_dynamodb_client)
+        return self._once("dynamodb", lambda: new_dynamodb_client(self.botocore_session()))
 
     def dynamodb_within(self, seconds: float) -> DynamoDBClient:
         """A client whose attempts all end within `seconds` (whole seconds, at least 1; cached per value)."""
@@ -123,11 +135,14 @@ class Components:
             return self.dynamodb()
         budget = max(1, int(seconds))
         return self._once(
-            ("dynamodb-within", budget), lambda: new_dynamodb_client(bounded_config(DYNAMODB_CONFIG, budget))
+            ("dynamodb-within", budget),
+            lambda: new_dynamodb_client(self.botocore_session(), bounded_config(DYNAMODB_CONFIG, budget)),
         )
 
     # --- the refresher's parts ---------------------------------------------------------------------------
     def exchange(self) -> ClientCredentialsExchange:
+        from .idp import ClientCredentialsExchange
+
         # One session per container: warm invocations reuse the TLS connection to the IdP.
         return self._once("exchange", lambda: ClientCredentialsExchange(clock=self.clock))
 
@@ -143,9 +158,13 @@ class Components:
         return TokenStore(self.secret(secret_id))
 
     def credentials_source(self, secret_id: str) -> CredentialsSource:
+        from .refresher import CredentialsSource
+
         return CredentialsSource(self.secret(secret_id))
 
     def refresher(self, settings: RefresherSettings, *, clock: Clock | None = None) -> TokenRefresher:
+        from .refresher import RefresherMemory, TokenRefresher
+
         return TokenRefresher(
             store=self.token_store(settings.token_secret_id),
             credentials=self.credentials_source(settings.credentials_secret_id),
@@ -198,9 +217,13 @@ class Components:
         return self._once(("client", settings), create)
 
     def dead_letter_queue(self, queue_url: str) -> DeadLetterQueue:
+        from .dead_letter import DeadLetterQueue
+
         return DeadLetterQueue(self.sqs(), queue_url)
 
     def meter_state_table(self, table_name: str) -> MeterStateTable:
+        from .meter_state import MeterStateTable
+
         return MeterStateTable(
             self.dynamodb(),
             table_name,

@@ -1,8 +1,13 @@
-"""requests sessions with urllib3's bounded retries: exponential backoff, jitter, a capped Retry-After."""
+"""requests sessions with urllib3's bounded retries: exponential backoff, jitter, a capped Retry-After.
+
+Works with urllib3 1.26 and 2.x: the layer uses the urllib3 of the Lambda runtime (botocore's), whichever
+it is, instead of shipping its own copy (which would shadow the runtime's compiled one for botocore too).
+"""
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Collection
 from typing import Any, Self
 
@@ -28,6 +33,21 @@ class CappedRetry(Retry):
     returned instead of sleeping into the Lambda timeout."""
 
     MAX_RETRY_AFTER_SECONDS = 10.0
+    # Jitter and this cap are applied here rather than with urllib3 2's backoff_jitter/backoff_max, which
+    # urllib3 1.26 does not have.
+    MAX_BACKOFF_SECONDS = 8.0
+
+    def get_backoff_time(self) -> float:
+        """0 before the first retry, then factor x 2^(n-1) plus up to `factor` of jitter, at most 8 s."""
+        base = super().get_backoff_time()
+        if base <= 0:
+            return 0.0
+        return min(base + random.random() * self.backoff_factor, self.MAX_BACKOFF_SECONDS)  # noqa: S311 - jitter
+
+    def longest_backoff(self) -> float:
+        """The most `get_backoff_time()` can draw now (its jitter at the top)."""
+        base = super().get_backoff_time()
+        return 0.0 if base <= 0 else min(base + self.backoff_factor, self.MAX_BACKOFF_SECONDS)
 
     def parse_retry_after(self, retry_after: str) -> float:
         """urllib3 accepts whole seconds or an HTTP date and raises on anything else, which would abort every
@@ -67,13 +87,13 @@ class CappedRetry(Retry):
         return min(retry_after, self.MAX_RETRY_AFTER_SECONDS)
 
 
-def _planned_wait(retry: Retry, response: Any) -> float:
+def _planned_wait(retry: CappedRetry, response: Any) -> float:
     if response is not None and retry.respect_retry_after_header:
         retry_after = retry.get_retry_after(response)
         if retry_after:
             return retry_after
     # Backoff with its jitter is drawn at sleep time; the estimate is its upper bound.
-    return min(retry.get_backoff_time() + retry.backoff_jitter, retry.backoff_max)
+    return retry.longest_backoff()
 
 
 class DeadlineTimeout(Timeout):
@@ -106,7 +126,7 @@ def bounded_retry(
     statuses: Collection[int],
     backoff_factor: float = 0.5,
 ) -> Retry:
-    # urllib3 sleeps 0 before the first retry, then factor x 2^(n-1) plus up to `factor` of jitter.
+    # urllib3 sleeps 0 before the first retry, then factor x 2^(n-1) plus up to `factor` of jitter (CappedRetry).
     return CappedRetry(
         total=max_retries,
         connect=max_retries,
@@ -117,8 +137,6 @@ def bounded_retry(
         allowed_methods=frozenset(methods),
         status_forcelist=frozenset(statuses),
         backoff_factor=backoff_factor,
-        backoff_jitter=backoff_factor,
-        backoff_max=8.0,
         respect_retry_after_header=True,
         raise_on_status=False,
     )
