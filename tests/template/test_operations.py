@@ -290,7 +290,7 @@ def test_consumer_configuration(cfn_resources, function_id, service, timeout):
     assert env["USAGE_ENGINE_API_URL"]["Fn::If"][0] == "HasApiUrlOverride"
     expected = {"POWERTOOLS_SERVICE_NAME", "TOKEN_SECRET_ID", "TOKEN_EXPIRY_SKEW_SECONDS"}
     expected |= {"TOKEN_REFRESHER_FUNCTION", "USAGE_ENGINE_API_URL", "POWERTOOLS_METRICS_NAMESPACE"}
-    expected |= {"POWERTOOLS_LOGGER_LOG_EVENT", "LOG_LEVEL"}
+    expected |= {"POWERTOOLS_LOGGER_LOG_EVENT", "POWERTOOLS_LOG_LEVEL", "USAGE_ENGINE_XRAY_SDK"}
     if function_id == "MeterEventsFunction":
         assert env["DEAD_LETTER_QUEUE_URL"] == {"Ref": "MeterEventsDeadLetterQueue"}
         assert env["METER_STATE_TABLE"] == {"Ref": "MeterStateTable"}

@@ -55,7 +55,8 @@ REFRESHER_ENV = {
     "POWERTOOLS_SERVICE_NAME": "token-refresher",
     "POWERTOOLS_METRICS_NAMESPACE": "UsageEngine",
     "POWERTOOLS_LOGGER_LOG_EVENT": "false",
-    "LOG_LEVEL": {"Ref": "LogLevel"},
+    "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
+    "USAGE_ENGINE_XRAY_SDK": {"Fn::If": ["XRaySdkTracingEnabled", "true", "false"]},
 }
 
 # The refresher's retry budget towards the IdP (usage_engine.idp): attempts x (connect + read timeout),
