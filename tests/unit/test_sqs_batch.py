@@ -85,12 +85,6 @@ def test_digit_receive_counts(count: str, parsed: int) -> None:
     assert SqsRecord.from_event_record(record("m-1", receive_count=count)).receive_count == parsed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="str.isdigit() accepts digits int() refuses ('²'): from_event_record raises, outside process_records' "
-    "try, so the whole batch fails instead of this record being a first delivery",
-)
 def test_a_unicode_digit_that_int_refuses_is_a_first_delivery() -> None:
     assert SqsRecord.from_event_record(record("m-1", receive_count="²")).receive_count == 1
 

@@ -42,7 +42,7 @@ class CappedRetry(Retry):
         base = super().get_backoff_time()
         if base <= 0:
             return 0.0
-        return min(base + random.random() * self.backoff_factor, self.MAX_BACKOFF_SECONDS)  # noqa: S311 - jitter
+        return min(base + random.random() * self.backoff_factor, self.MAX_BACKOFF_SECONDS)  # noqa: S311  # nosec B311
 
     def longest_backoff(self) -> float:
         """The most `get_backoff_time()` can draw now (its jitter at the top)."""

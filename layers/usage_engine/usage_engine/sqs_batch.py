@@ -39,7 +39,7 @@ class SqsRecord:
             message_id=str(record.get("messageId") or ""),
             body=body if isinstance(body, str) else "",
             # Lambda always sends it; a hand-made event without it is treated as a first delivery.
-            receive_count=int(raw_count) if isinstance(raw_count, str) and raw_count.isdigit() else 1,
+            receive_count=int(raw_count) if isinstance(raw_count, str) and raw_count.isascii() and raw_count.isdigit() else 1,
         )
 
 
