@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 from typing import Any
@@ -10,7 +11,7 @@ import requests
 
 from .clock import Clock, Sleep, system_clock, system_sleep
 from .deadline import Deadline, current_deadline, deadline_scope
-from .errors import AuthenticationError, TokenRejectedError, UsageEngineApiError
+from .errors import AuthenticationError, TokenRejectedError, UsageEngineApiError, UsageEngineError
 from .provider import TokenProvider
 from .recovery import BUSY_ATTEMPTS, RefreshRequester, TokenRecovery
 from .retrying_http import bounded_retry, deadline_timeout, describe_failure, retrying_session
@@ -26,6 +27,8 @@ MAX_RETRIES = 3
 # redelivery (SQS) and duplicate handling (409) make it safe to send again.
 RETRY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 RETRY_STATUSES = (429, 502, 503, 504)
+
+logger = logging.getLogger(__name__)
 
 
 def api_session(pool_maxsize: int = 16) -> requests.Session:
@@ -87,19 +90,36 @@ class UsageEngineClient:
         response = self._send(method, path, token, kwargs)
         if response.status_code == 401:
             response.close()
-            try:
-                token = self.recovery.replace_rejected(token)
-            except TokenRejectedError as error:
-                raise AuthenticationError(method, path, 401, str(error)) from None
-            response = self._send(method, path, token, kwargs)
-            if response.status_code == 401:
-                response.close()
-                raise AuthenticationError(method, path, 401, f"token {token.fingerprint}, fresh, was rejected too")
+            response = self._resend_after_rejection(method, path, token, kwargs)
         if 200 <= response.status_code < 300:
             return response
         reason = _safe_reason(response)
         response.close()
         raise UsageEngineApiError(method, path, response.status_code, reason)
+
+    def _resend_after_rejection(
+        self, method: str, path: str, rejected: AccessToken, kwargs: dict[str, Any]
+    ) -> requests.Response:
+        """The one resend after a 401, with a replacement token; AuthenticationError if that is rejected too."""
+        facts: dict[str, Any] = {"method": method, "path": path, "rejected_fingerprint": rejected.fingerprint}
+        logger.info("Usage Engine API rejected the token; replacing it", extra=facts)
+        try:
+            token = self.recovery.replace_rejected(rejected)
+        except UsageEngineError as error:
+            logger.warning(
+                "Rejected token not replaced", extra={**facts, "error_type": type(error).__name__, "error": str(error)}
+            )
+            if isinstance(error, TokenRejectedError):
+                raise AuthenticationError(method, path, 401, str(error)) from None
+            raise
+        response = self._send(method, path, token, kwargs)
+        facts.update(token_fingerprint=token.fingerprint, status=response.status_code)
+        if response.status_code == 401:
+            response.close()
+            logger.warning("Usage Engine API rejected the replacement token too", extra=facts)
+            raise AuthenticationError(method, path, 401, f"token {token.fingerprint}, fresh, was rejected too")
+        logger.info("Resent with a replacement token", extra=facts)
+        return response
 
     def get_json(self, path: str, *, deadline: Deadline | None = None, **kwargs: Any) -> Any:
         return _json(self.request("GET", path, deadline=deadline, **kwargs), path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -10,6 +11,8 @@ from .errors import TokenUnavailableError
 from .settings import DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS
 from .token import AccessToken
 from .token_store import TokenStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,6 +97,15 @@ class TokenProvider:
         if stored.token is None:
             raise TokenUnavailableError(f"token secret {self._store.secret_id} is {stored.describe()}")
         if not stored.token.is_usable(self._clock(), skew_seconds=self._skew):
+            # The start of a recovery (an on-demand refresh follows), or a sign the scheduled refresh fell behind.
+            logger.info(
+                "Stored token expired or about to",
+                extra={
+                    "token_fingerprint": stored.token.fingerprint,
+                    "expires_in_seconds": round(stored.token.seconds_remaining(self._clock())),
+                    "expiry_skew_seconds": self._skew,
+                },
+            )
             raise TokenUnavailableError(
                 f"stored token {stored.token.fingerprint} expired or expires within {self._skew} s"
             )

@@ -4,10 +4,14 @@ The client asks for a token and, after a 401, for a replacement; everything in b
 the secret (another container may already have replaced the token), asking the refresher on demand, waiting
 while it is busy, re-reading until the secret shows the token the refresher reported (read-your-write), and
 holding off after a failed on-demand refresh. Every wait ends by the current deadline (`deadline_scope`).
+
+Each step is logged under `usage_engine.recovery` with its facts as `extra` fields (tokens only by fingerprint):
+INFO while it heals, WARNING when it holds off or cannot heal.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from typing import Protocol
@@ -48,6 +52,8 @@ MAX_REFRESH_HOLD_OFF_SECONDS = 300.0
 # the token within the same moment: spread out, most re-reads come after the first refresh has stored a new
 # token, so they need no refresher call (10,000 containers: 1.5 -> 1.1 reads each, slowest recovery 2.9 -> 1.5 s).
 REJECTED_REREAD_JITTER_SECONDS = 0.5
+
+logger = logging.getLogger(__name__)
 
 
 class RefreshRequester(Protocol):
@@ -95,6 +101,10 @@ class TokenRecovery:
             current = self.tokens.get()
             if current.value != rejected.value:
                 # Another container already had it replaced: no refresher call needed.
+                logger.info(
+                    "Token secret already holds a replacement for the rejected token",
+                    extra={"rejected_fingerprint": rejected.fingerprint, "token_fingerprint": current.fingerprint},
+                )
                 return current
         except TokenUnavailableError:
             pass
@@ -114,10 +124,14 @@ class TokenRecovery:
         cached = self.tokens.peek()
         if cached is not None and reason == RefreshReason.EXPIRED:
             return
+        retry_after = max(0.0, self._hold_off_until - self._clock())
+        logger.warning(
+            "Holding off on-demand refreshes: no token for this call",
+            extra={"reason": str(reason), "retry_after_seconds": round(retry_after, 1)},
+        )
         raise RefreshHoldOffError(
-            f"no valid token; an on-demand refresh ({reason}) failed moments ago, next attempt in "
-            f"{max(0.0, self._hold_off_until - self._clock()):.0f} s",
-            retry_after_seconds=max(0.0, self._hold_off_until - self._clock()),
+            f"no valid token; an on-demand refresh ({reason}) failed moments ago, next attempt in {retry_after:.0f} s",
+            retry_after_seconds=retry_after,
         )
 
     def _refresh_and_read(self, reason: RefreshReason, rejected: AccessToken | None) -> AccessToken:
@@ -132,16 +146,30 @@ class TokenRecovery:
             raise TokenUnavailableError("no valid token and on-demand refresh is off (TOKEN_REFRESHER_FUNCTION)")
         try:
             token = self._ask_refresher_and_read(refresher, reason, rejected, current_deadline())
-        except (TokenUnavailableError, RefreshUnavailableError):
-            self._failed_refreshes += 1
-            window = min(REFRESH_HOLD_OFF_SECONDS * 2 ** (self._failed_refreshes - 1), MAX_REFRESH_HOLD_OFF_SECONDS)
-            # 75-100%: spread enough to keep a fleet's probes apart, long enough on average to keep an outage's
-            # reads under 50 per 1,000 invocations (benchmarks/RESULTS.md, fleet simulation).
-            jitter = random.uniform(0.75, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
-            self._hold_off_until = self._clock() + jitter * window
+        except (TokenUnavailableError, RefreshUnavailableError) as error:
+            self._hold_off(reason, error)
             raise
         self._failed_refreshes = 0
         return token
+
+    def _hold_off(self, reason: RefreshReason, error: Exception) -> None:
+        self._failed_refreshes += 1
+        window = min(REFRESH_HOLD_OFF_SECONDS * 2 ** (self._failed_refreshes - 1), MAX_REFRESH_HOLD_OFF_SECONDS)
+        # 75-100%: spread enough to keep a fleet's probes apart, long enough on average to keep an outage's
+        # reads under 50 per 1,000 invocations (benchmarks/RESULTS.md, fleet simulation).
+        jitter = random.uniform(0.75, 1.0)  # noqa: S311  # nosec B311 - jitter, not cryptography
+        self._hold_off_until = self._clock() + jitter * window
+        # The layer's error messages name tokens by fingerprint only (the leak tests hold them to that).
+        logger.warning(
+            "On-demand refresh failed; holding off",
+            extra={
+                "reason": str(reason),
+                "retry_after_seconds": round(jitter * window, 1),
+                "failed_refreshes": self._failed_refreshes,
+                "error_type": type(error).__name__,
+                "error": str(error),
+            },
+        )
 
     def _ask_refresher_and_read(
         self, refresher: RefreshRequester, reason: RefreshReason, rejected: AccessToken | None, deadline: Deadline
@@ -150,6 +178,7 @@ class TokenRecovery:
         last_problem = "the refresher did not produce a token"
         for attempt in range(self._busy_attempts):
             answer = _as_answer(refresher.request(reason, fingerprint))
+            _log_answer(reason, answer, attempt, fingerprint)
             if rejected is not None:
                 self.tokens.invalidate(rejected)
             if answer.token_fingerprint is not None:
@@ -183,7 +212,9 @@ class TokenRecovery:
             except TokenUnavailableError as error:
                 # A lagging read can still show the expired token the refresh replaced: not there yet.
                 seen = f"no usable token ({error})"
+                _log_reread(fingerprint, None, attempt)
             else:
+                _log_reread(fingerprint, token.fingerprint, attempt)
                 if token.fingerprint == fingerprint:
                     return token
                 seen = f"token {token.fingerprint}"
@@ -201,6 +232,33 @@ class TokenRecovery:
 
     def _wait(self, seconds: float, deadline: Deadline) -> None:
         self._sleep(max(0.0, min(seconds, deadline.remaining() - MIN_ATTEMPT_SECONDS)))
+
+
+def _log_answer(reason: RefreshReason, answer: RefreshAnswer, attempt: int, rejected_fingerprint: str | None) -> None:
+    logger.info(
+        "Asked the token refresher",
+        extra={
+            "reason": str(reason),
+            "answer": str(answer.result),
+            "refreshed": answer.result == RefreshResult.REFRESHED,
+            "token_fingerprint": answer.token_fingerprint,
+            "rejected_fingerprint": rejected_fingerprint,
+            "attempt": attempt + 1,
+        },
+    )
+
+
+def _log_reread(expected: str, seen: str | None, attempt: int) -> None:
+    # seen None: the read found no usable token (a lagging read of the expired one, or none at all).
+    logger.info(
+        "Re-read the token secret after a refresh",
+        extra={
+            "expected_fingerprint": expected,
+            "token_fingerprint": seen,
+            "matched": seen == expected,
+            "read": attempt + 1,
+        },
+    )
 
 
 def _as_answer(answer: RefreshAnswer | str) -> RefreshAnswer:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ if TYPE_CHECKING:
 _FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 # Less than this left: asking the refresher cannot finish in time (it reads two secrets and calls the IdP).
 MIN_INVOKE_SECONDS = 1.0
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,12 @@ class LambdaRefreshRequester:
         except ClientError as error:
             code = client_error_code(error)
             if code in ("TooManyRequestsException", "ResourceConflictException"):
+                logger.debug("Token refresher busy", extra={"cause": code})
                 return RefreshAnswer(RefreshResult.BUSY)
             raise RefreshUnavailableError(f"invoking the token refresher failed: {code}") from None
         except ReadTimeoutError:
             # The refresh is still running; its result lands in the token secret.
+            logger.debug("Token refresher busy", extra={"cause": "ReadTimeoutError"})
             return RefreshAnswer(RefreshResult.BUSY)
         except BotoCoreError as error:
             raise RefreshUnavailableError(f"invoking the token refresher failed: {type(error).__name__}") from None
