@@ -104,11 +104,12 @@ build: venv $(SAM_STAMP)
 	PATH="$(BUILD_PATH)" $(SAM) build --parameter-overrides Architecture=$(ARCH)
 
 ## sam build for both architectures (a check: deploy uses `make build`), into .aws-sam/build-all/<arch>.
+# Uncached: sam keeps one build.toml beside the build folders, so two cache folders would answer for one
+# (architecture-free) layer definition and one of them could serve a stale layer.
 build-all: venv $(SAM_STAMP)
 	for arch in arm64 x86_64; do \
-		PATH="$(BUILD_PATH)" $(SAM) build \
-			--build-dir .aws-sam/build-all/$$arch --cache-dir .aws-sam/cache-all/$$arch \
-			--parameter-overrides Architecture=$$arch; \
+		PATH="$(BUILD_PATH)" $(SAM) build --no-cached \
+			--build-dir .aws-sam/build-all/$$arch --parameter-overrides Architecture=$$arch; \
 	done
 
 ## Deploy what `make build` built: make deploy [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c UsageEngineRegion=US"].
@@ -150,4 +151,4 @@ day: venv
 	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
 
 clean:
-	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.*
+	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.* layers/usage_engine/build

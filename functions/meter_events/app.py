@@ -29,6 +29,7 @@ from usage_engine import (
     components,
     deadline_scope,
     publish_api_calls,
+    structured_layer_logs,
 )
 from usage_engine.meter_events import max_receive_count_from_env, sorted_records
 from usage_engine.observability import NAMESPACE
@@ -40,6 +41,8 @@ from usage_engine.tracing import handler_tracing
 # The template's POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE name this function's logs and metrics.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "meter-events"
 logger = Logger(service=SERVICE)
+# The layer's own log lines (token healed, refresher asked, hold-off) in this logger's JSON, with its fields.
+structured_layer_logs(logger)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE, service=SERVICE)
 traced = handler_tracing(SERVICE)
 # Kept back from the function's timeout for the partial batch response, the metrics and the logs: a Lambda
@@ -104,7 +107,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialBatc
         with deadline_scope(deadline):
             return process_records(records, record_handler)
     finally:
-        publish_api_calls(client.drain_call_counts(), service=SERVICE, namespace=metrics.namespace)
+        publish_api_calls(client, service=SERVICE, namespace=metrics.namespace)
 
 
 def _record(outcome: MessageOutcome, message_id: str) -> None:

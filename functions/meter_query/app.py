@@ -31,6 +31,7 @@ from usage_engine import (
     components,
     deadline_scope,
     publish_api_calls,
+    structured_layer_logs,
 )
 from usage_engine.http_api import HttpApiResponse, json_error, json_response, path_parameter, route_of
 from usage_engine.observability import NAMESPACE
@@ -39,6 +40,8 @@ from usage_engine.tracing import handler_tracing
 # The template's POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE name this function's logs and metrics.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "meter-query"
 logger = Logger(service=SERVICE)
+# The layer's own log lines (token healed, refresher asked, hold-off) in this logger's JSON, with its fields.
+structured_layer_logs(logger)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE, service=SERVICE)
 traced = handler_tracing(SERVICE)
 

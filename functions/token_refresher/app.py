@@ -26,6 +26,7 @@ from usage_engine import (
     UsageEngineError,
     components,
     deadline_scope,
+    structured_layer_logs,
 )
 from usage_engine.observability import NAMESPACE
 from usage_engine.tracing import handler_tracing
@@ -36,6 +37,8 @@ BACKED_OFF = frozenset({DecisionReason.REJECTED_WITHIN_COOLDOWN, DecisionReason.
 # The template's POWERTOOLS_SERVICE_NAME and POWERTOOLS_METRICS_NAMESPACE name this function's logs and metrics.
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "token-refresher"
 logger = Logger(service=SERVICE)
+# The layer's own log lines (token healed, refresher asked, hold-off) in this logger's JSON, with its fields.
+structured_layer_logs(logger)
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or NAMESPACE, service=SERVICE)
 traced = handler_tracing(SERVICE)
 

@@ -69,6 +69,8 @@ class Function:
     function_dir: Path
     layer_dirs: tuple[Path, ...]
     handler: str
+    # Layers a template condition adds (`!If [Condition, !Ref Layer, !Ref AWS::NoValue]`): the X-Ray SDK layer.
+    conditional_layer_dirs: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,16 @@ def _functions(arch: str) -> list[Function | Missing]:
         if resource["Type"] != "AWS::Serverless::Function":
             continue
         properties = {**defaults, **resource["Properties"]}
-        layer_dirs = tuple(
-            build_dir / resources[layer["Ref"]]["Properties"]["ContentUri"] / "python" for layer in properties["Layers"]
+
+        def layer_dir(reference: dict[str, str]) -> Path:
+            return build_dir / resources[reference["Ref"]]["Properties"]["ContentUri"] / "python"
+
+        layers = properties["Layers"]
+        plain = tuple(layer_dir(layer) for layer in layers if "Ref" in layer)
+        conditional = tuple(layer_dir(layer["Fn::If"][1]) for layer in layers if "Fn::If" in layer)
+        found.append(
+            Function(arch, function_id, build_dir / properties["CodeUri"], plain, properties["Handler"], conditional)
         )
-        found.append(Function(arch, function_id, build_dir / properties["CodeUri"], layer_dirs, properties["Handler"]))
     return found or [_missing(f"no functions in {template_path.relative_to(REPO_ROOT)}")]
 
 
@@ -176,7 +184,12 @@ def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def import_handler(
-    python: str, function: Function, layer_dirs: tuple[Path, ...], runtime: Path, cwd: Path
+    python: str,
+    function: Function,
+    layer_dirs: tuple[Path, ...],
+    runtime: Path,
+    cwd: Path,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Import the function's handler in a fresh, isolated interpreter (see the module docstring)."""
     env = {
@@ -190,6 +203,7 @@ def import_handler(
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
         "LAMBDA_TASK_ROOT": str(function.function_dir),
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        **(extra_env or {}),
     }
     arguments = [str(function.function_dir), os.pathsep.join(map(str, layer_dirs)), str(runtime), function.handler]
     return subprocess.run(  # noqa: S603 (a python interpreter we looked up, fixed arguments)
@@ -276,3 +290,23 @@ def test_the_check_fails_when_the_layer_misses_a_module(
     result = import_handler(lambda_python, function, (broken,), runtime_dir, tmp_path)
     assert result.returncode != 0, f"import still succeeded without {removed}"
     assert f"ModuleNotFoundError: No module named {missing!r}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_handler_imports_with_the_opt_in_xray_sdk_layer(
+    case: Function | Missing, lambda_python: str, runtime_dir: Path, tmp_path: Path
+) -> None:
+    # XRaySdkTracing=Enabled: the template adds the X-Ray SDK layer and turns the handlers' switch on.
+    function = _require(case)
+    assert len(function.conditional_layer_dirs) == 1, "the X-Ray SDK layer is the one conditional layer"
+    layers = (*function.layer_dirs, *function.conditional_layer_dirs)
+    result = import_handler(
+        lambda_python, function, layers, runtime_dir, tmp_path, extra_env={"USAGE_ENGINE_XRAY_SDK": "true"}
+    )
+    assert result.returncode == 0, f"{function.arch} {function.function_id}: import failed:\n{result.stderr}"
+    modules = json.loads(result.stdout.splitlines()[-1])["modules"]
+    assert _within(modules["aws_xray_sdk"], list(function.conditional_layer_dirs))
+    # Without the switch the same handler never loads the SDK, even with its layer present.
+    plain = import_handler(lambda_python, function, layers, runtime_dir, tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    assert "aws_xray_sdk" not in json.loads(plain.stdout.splitlines()[-1])["modules"]

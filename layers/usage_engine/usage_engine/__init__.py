@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     )
     from .meter_events import MessageOutcome, MeterEventHandler
     from .metering import UsageMeteringApi
-    from .observability import publish_api_calls
+    from .observability import CallCounts, publish_api_calls, structured_layer_logs
     from .provider import TokenProvider
     from .recovery import TokenRecovery
     from .refresh_requester import LambdaRefreshRequester, RefreshAnswer
@@ -150,12 +150,15 @@ _EXPORTS: dict[str, str] = {
     "parse_credentials": ".credentials",
     "parse_token_response": ".idp",
     "publish_api_calls": ".observability",
+    "structured_layer_logs": ".observability",
+    "CallCounts": ".observability",
     "reset_components": ".composition",
 }
 
 __all__ = [
     "AccessToken",
     "AuthenticationError",
+    "CallCounts",
     "ClientCredentials",
     "ClientCredentialsExchange",
     "Components",
@@ -217,6 +220,7 @@ __all__ = [
     "parse_token_response",
     "publish_api_calls",
     "reset_components",
+    "structured_layer_logs",
 ]
 
 

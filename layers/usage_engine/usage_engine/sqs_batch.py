@@ -34,12 +34,14 @@ class SqsRecord:
     def from_event_record(cls, record: Mapping[str, Any]) -> SqsRecord:
         attributes = record.get("attributes")
         raw_count = attributes.get("ApproximateReceiveCount") if isinstance(attributes, Mapping) else None
+        # isascii: str.isdigit() also accepts digits such as "²" that int() refuses.
+        counted = isinstance(raw_count, str) and raw_count.isascii() and raw_count.isdigit()
         body = record.get("body")
         return cls(
             message_id=str(record.get("messageId") or ""),
             body=body if isinstance(body, str) else "",
             # Lambda always sends it; a hand-made event without it is treated as a first delivery.
-            receive_count=int(raw_count) if isinstance(raw_count, str) and raw_count.isascii() and raw_count.isdigit() else 1,
+            receive_count=int(raw_count) if counted and isinstance(raw_count, str) else 1,
         )
 
 
