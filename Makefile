@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/usage_engine/requirements.txt | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt | sha256sum | cut -c1-12)
 ARCH ?= arm64
 REGION ?= eu-west-1
 # The stack that deploy, logs, destroy and set-credentials act on (samconfig.toml's default).
@@ -35,7 +35,7 @@ export SAM_CLI_TELEMETRY := 0
 
 .PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
 
-$(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt
+$(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
