@@ -5,10 +5,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt | sha256sum | cut -c1-12)
-ARCH ?= arm64
-REGION ?= eu-west-1
-# The stack that deploy, logs, destroy and set-credentials act on (samconfig.toml's default).
-STACK ?= usage-engine-token-bundle
+# The functions' architecture (the template's default, arm64, unless ARCH=x86_64); the layers serve both.
+ARCH ?=
+# The region of deploy, logs, destroy and set-credentials: REGION=..., else the AWS configuration as usual
+# (AWS_REGION / AWS_DEFAULT_REGION, the profile's region). Only the offline targets pin one (OFFLINE_REGION).
+REGION ?=
+OFFLINE_REGION := eu-west-1
+# samconfig.toml's environment (default, dev, prod) for deploy; the stack name follows it unless STACK= is given.
+CONFIG_ENV ?= default
+STACK ?= usage-engine-token-bundle$(if $(filter dev,$(CONFIG_ENV)),-dev)
 # checkov and SAM CLI have their own pinned virtualenvs: both pin boto3/botocore (checkov 1.35, aws-sam-cli one
 # exact boto3), which would hold back the boto3/botocore that .venv's tests run with (moto's newest).
 CHECKS_VENV := $(VENV)/checks
@@ -29,8 +34,9 @@ LAMBDA_PYTHON ?= $(shell for p in python3.13 $$HOME/.pyenv/versions/3.13*/bin/py
 	"$$p" -c 'import sys; print(sys.executable)' 2>/dev/null && break; done)
 # Expanded once here, not again for every recipe line that inherits it.
 export LAMBDA_PYTHON := $(LAMBDA_PYTHON)
-# Template checks run offline: a region is needed, credentials are not.
-export AWS_DEFAULT_REGION ?= $(REGION)
+# The offline targets (checks, tests, demo, benchmarks, builds) need a region but never reach AWS.
+OFFLINE := AWS_DEFAULT_REGION=$(OFFLINE_REGION)
+REGION_FLAG := $(if $(REGION),--region $(REGION))
 export SAM_CLI_TELEMETRY := 0
 
 .PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
@@ -61,7 +67,7 @@ sam-venv: $(SAM_STAMP)
 ## The whole flow against the local AWS emulator (moto) and the local Usage Engine emulator.
 # The layer's package is on the path as it is in Lambda (/opt/python).
 demo: venv
-	PYTHONPATH=layers/usage_engine $(BIN)/python -m local.demo
+	$(OFFLINE) PYTHONPATH=layers/usage_engine $(BIN)/python -m local.demo
 
 ## Lint, strict type checks, template checks and the test suite.
 test: lint typecheck template-check build-all pytest
@@ -78,57 +84,59 @@ typecheck: venv
 	$(BIN)/mypy --strict local tools
 
 template-check: venv checkov $(SAM_STAMP)
-	$(BIN)/cfn-lint template.yaml
-	$(SAM) validate --lint --template template.yaml
+	$(OFFLINE) $(BIN)/cfn-lint template.yaml
+	$(OFFLINE) $(SAM) validate --lint --template template.yaml
 
 ## checkov on template.yaml: zero failed checks; each skip is justified in the template next to its resource.
 checkov: $(CHECKS_STAMP)
-	$(CHECKS_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
+	$(OFFLINE) $(CHECKS_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 # The whole suite with the layer's coverage floor. REQUIRE_BUILD_ARTIFACTS=1: the build tier (tests/build, the
 # handlers imported from .aws-sam/build-all by Python 3.13) fails instead of skipping without `make build-all`,
 # which `make test` runs first.
 pytest: venv
-	REQUIRE_BUILD_ARTIFACTS=1 $(BIN)/python -m pytest --cov=layers/usage_engine/usage_engine \
+	$(OFFLINE) REQUIRE_BUILD_ARTIFACTS=1 $(BIN)/python -m pytest --cov=layers/usage_engine/usage_engine \
 		--cov-report=term-missing:skip-covered --cov-fail-under=$(COVERAGE_FLOOR)
 
 ## The fast tiers alone (tests/unit and tests/property, under 30 s): no build, no emulators, no coverage floor
 ## (the fast tiers alone do not reach the full suite's floor, and a lower one would only guard less).
 # Only their folders are collected, so the other tiers' imports (moto, the SAM translator) cost nothing here.
 unit: venv
-	$(BIN)/python -m pytest -m "unit or property" tests/unit tests/property
+	$(OFFLINE) $(BIN)/python -m pytest -m "unit or property" tests/unit tests/property
 
 ## sam build for one architecture (ARCH=arm64|x86_64; the layers are pure Python and serve both). With Python 3.13
 ## on PATH the layers get bytecode (fast cold starts); without it the build says so and how to get it.
 build: venv $(SAM_STAMP)
-	PATH="$(BUILD_PATH)" $(SAM) build --parameter-overrides Architecture=$(ARCH)
+	PATH="$(BUILD_PATH)" $(SAM) build $(if $(ARCH),--parameter-overrides Architecture=$(ARCH))
 
 ## sam build for both architectures (a check: deploy uses `make build`), into .aws-sam/build-all/<arch>.
 # Uncached: sam keeps one build.toml beside the build folders, so two cache folders would answer for one
 # (architecture-free) layer definition and one of them could serve a stale layer.
 build-all: venv $(SAM_STAMP)
 	for arch in arm64 x86_64; do \
-		PATH="$(BUILD_PATH)" $(SAM) build --no-cached \
+		$(OFFLINE) PATH="$(BUILD_PATH)" $(SAM) build --no-cached \
 			--build-dir .aws-sam/build-all/$$arch --parameter-overrides Architecture=$$arch; \
 	done
 
-## Deploy what `make build` built: make deploy [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c UsageEngineRegion=US"].
+## Deploy what `make build` built: make deploy [CONFIG_ENV=dev|prod] [REGION=...] [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c"].
 ## Parameters not given keep their previous values (docs/operations.md lists them).
 deploy: build
-	$(SAM) deploy --stack-name $(STACK) --parameter-overrides Architecture=$(ARCH) $(PARAMS) $(if $(GUIDED),--guided)
+	$(SAM) deploy --config-env $(CONFIG_ENV) --stack-name $(STACK) $(REGION_FLAG) \
+		$(if $(strip $(ARCH) $(PARAMS)),--parameter-overrides $(if $(ARCH),Architecture=$(ARCH)) $(PARAMS)) \
+		$(if $(GUIDED),--guided)
 
 ## Follow the functions' logs: make logs [FUNCTION=TokenRefresherFunction].
 logs: $(SAM_STAMP)
-	$(SAM) logs --stack-name $(STACK) $(if $(FUNCTION),--name $(FUNCTION)) --tail
+	$(SAM) logs --stack-name $(STACK) $(REGION_FLAG) $(if $(FUNCTION),--name $(FUNCTION)) --tail
 
 ## Delete the stack (asks for confirmation).
 destroy: $(SAM_STAMP)
-	$(SAM) delete --stack-name $(STACK)
+	$(SAM) delete --stack-name $(STACK) $(REGION_FLAG)
 
 ## Store the client id/secret from the Usage Engine UI's JSON file and force a token refresh: make set-credentials FILE=...
 set-credentials: venv
 	@test -n "$(FILE)" || { echo "usage: make set-credentials FILE=application-access.json [STACK=$(STACK)]" >&2; exit 2; }
-	PYTHONPATH=layers/usage_engine $(BIN)/python -m tools.set_credentials --file "$(FILE)" --stack "$(STACK)"
+	PYTHONPATH=layers/usage_engine $(BIN)/python -m tools.set_credentials --file "$(FILE)" --stack "$(STACK)" $(REGION_FLAG)
 
 ## Rewrite docs/reliability.md from the fault matrix (tests/reliability/matrix.py); `make test` fails while it is stale.
 reliability-doc: venv
@@ -136,19 +144,19 @@ reliability-doc: venv
 
 ## Static security checks alone (also part of `make test`): bandit on layers/ and functions/, pip-audit on the layer's pins.
 security: venv
-	$(BIN)/python -m pytest tests/security -rs
+	$(OFFLINE) $(BIN)/python -m pytest tests/security -rs
 
 ## Benchmarks and the fleet simulation: rewrites benchmarks/RESULTS.md (about 4 minutes on 2 cores).
 bench: venv
-	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --output benchmarks/RESULTS.md
+	$(OFFLINE) PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --output benchmarks/RESULTS.md
 
 ## Every benchmark at small sizes (under a minute); prints the report instead of writing RESULTS.md.
 bench-smoke: venv
-	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --quick
+	$(OFFLINE) PYTHONPATH=layers/usage_engine:. $(BIN)/python -m benchmarks.run --quick
 
 ## The simulated day alone; it is also printed at the end of `make test`.
 day: venv
-	PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
+	$(OFFLINE) PYTHONPATH=layers/usage_engine:. $(BIN)/python -m local.simulation day
 
 clean:
 	rm -rf $(VENV) .aws-sam .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.* layers/usage_engine/build
