@@ -63,11 +63,13 @@ class UsageEngineClient:
         self._calls_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls) -> UsageEngineClient:
-        """The container's shared client for the settings in the environment (read now, not at import)."""
+    def from_env(cls, connection: str | None = None) -> UsageEngineClient:
+        """The container's shared client of `connection` (None: the default connection, TOKEN_SECRET_ID, ...; a
+        name such as "us", any case: USAGE_ENGINE_US_TOKEN_SECRET_ID, USAGE_ENGINE_US_API_URL, ...), from the
+        environment read now, not at import. Each connection has its own client and hold-off."""
         from .composition import components  # deferred: the composition root builds this module's objects
 
-        return components().client_from_env()
+        return components().client_from_env(connection)
 
     def request(self, method: str, path: str, *, deadline: Deadline | None = None, **kwargs: Any) -> requests.Response:
         """Send a request with the bearer token; return the 2xx response or raise a typed error.

@@ -180,9 +180,10 @@ class Components:
 
     # --- the consumers' parts ----------------------------------------------------------------------------
     def provider(self, settings: ConsumerSettings) -> TokenProvider:
-        """One per settings, so the token cache survives warm invocations and is shared by the clients."""
+        """One per token secret (and expiry skew), so the token cache survives warm invocations and is shared by
+        the clients: connections that name the same token secret share one cache and one secret read."""
         return self._once(
-            ("provider", settings),
+            ("provider", settings.token_secret_id, settings.token_expiry_skew_seconds),
             lambda: TokenProvider(
                 self.token_store(settings.token_secret_id),
                 clock=self.clock,
@@ -199,7 +200,9 @@ class Components:
         )
 
     def client(self, settings: ConsumerSettings) -> UsageEngineClient:
-        """One per settings: its session pools connections across warm invocations."""
+        """One per settings: its session pools connections across warm invocations, and its TokenRecovery holds
+        this connection's hold-off alone (an outage behind one connection never holds off another's calls).
+        Connections with equal settings are one connection and share one client."""
 
         def create() -> UsageEngineClient:
             tokens = self.provider(settings)
@@ -234,11 +237,17 @@ class Components:
         )
 
     # --- from the environment (read at handler entry, never at import) -----------------------------------
-    def provider_from_env(self) -> TokenProvider:
-        return self.provider(ConsumerSettings.from_env())
+    def provider_from_env(self, connection: str | None = None) -> TokenProvider:
+        """The provider of `connection` (None: the default connection; see ConsumerSettings.from_env)."""
+        return self.provider(ConsumerSettings.from_env(connection=connection))
 
-    def client_from_env(self) -> UsageEngineClient:
-        return self.client(ConsumerSettings.from_env())
+    def client_from_env(self, connection: str | None = None) -> UsageEngineClient:
+        """The client of `connection` (None: the default connection; a name such as "us" reads
+        USAGE_ENGINE_US_TOKEN_SECRET_ID, USAGE_ENGINE_US_API_URL, ...; see ConsumerSettings.from_env).
+
+        Each connection has its own client, token recovery and hold-off; connections that name the same token
+        secret share its TokenProvider (one cache of the one token)."""
+        return self.client(ConsumerSettings.from_env(connection=connection))
 
     def refresher_from_env(self) -> TokenRefresher:
         return self.refresher(RefresherSettings.from_env())

@@ -39,8 +39,9 @@ class UsageMeteringApi:
         self._client = client
 
     @classmethod
-    def from_env(cls) -> UsageMeteringApi:
-        return cls(UsageEngineClient.from_env())
+    def from_env(cls, connection: str | None = None) -> UsageMeteringApi:
+        """Over the container's client of `connection` (None: the default connection; see UsageEngineClient)."""
+        return cls(UsageEngineClient.from_env(connection))
 
     def list_meters(self, **filters: str) -> list[dict[str, Any]]:
         """Meters, filtered by exact field values (e.g. userId="u-1"). Filters go to the API as query

@@ -46,11 +46,13 @@ class TokenProvider:
         self._flight: _Flight | None = None
 
     @classmethod
-    def from_env(cls) -> TokenProvider:
-        """The container's shared provider for the settings in the environment (read now, not at import)."""
+    def from_env(cls, connection: str | None = None) -> TokenProvider:
+        """The container's shared provider of `connection` (None: the default connection; see
+        ConsumerSettings.from_env), from the environment read now, not at import. Connections that name the
+        same token secret share one provider."""
         from .composition import components  # deferred: the composition root builds this module's objects
 
-        return components().provider_from_env()
+        return components().provider_from_env(connection)
 
     def get(self) -> AccessToken:
         cached = self._cached

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -120,24 +121,85 @@ class RefresherSettings:
         )
 
 
+# A connection's name becomes part of its variables' names (USAGE_ENGINE_<NAME>_...), so only what an
+# environment variable name may hold, and short enough to keep those names readable.
+_CONNECTION_NAME = re.compile(r"[A-Za-z0-9_]{1,32}")
+
+
+@dataclass(frozen=True)
+class ConsumerVariables:
+    """The names of the environment variables one connection is configured by."""
+
+    token_secret_id: str
+    api_url: str
+    refresher_function: str
+    token_expiry_skew_seconds: str
+
+
+DEFAULT_CONNECTION_VARIABLES = ConsumerVariables(
+    token_secret_id="TOKEN_SECRET_ID",
+    api_url="USAGE_ENGINE_API_URL",
+    refresher_function="TOKEN_REFRESHER_FUNCTION",
+    token_expiry_skew_seconds="TOKEN_EXPIRY_SKEW_SECONDS",
+)
+
+
+def consumer_variables(connection: str | None = None) -> ConsumerVariables:
+    """The variables of `connection`: None is the default connection (TOKEN_SECRET_ID, ...); a name (any case;
+    letters, digits, underscores, 1-32 characters) reads USAGE_ENGINE_<NAME>_TOKEN_SECRET_ID and so on."""
+    if connection is None:
+        return DEFAULT_CONNECTION_VARIABLES
+    if not isinstance(connection, str) or not _CONNECTION_NAME.fullmatch(connection):
+        shown = repr(connection)[:40] if isinstance(connection, str) else type(connection).__name__
+        raise ConfigurationError(
+            "USAGE_ENGINE_<NAME>_*", f"connection name {shown} is not 1-32 letters, digits or underscores"
+        )
+    prefix = f"USAGE_ENGINE_{connection.upper()}_"
+    return ConsumerVariables(
+        token_secret_id=prefix + "TOKEN_SECRET_ID",
+        api_url=prefix + "API_URL",
+        refresher_function=prefix + "REFRESHER_FUNCTION",
+        token_expiry_skew_seconds=prefix + "TOKEN_EXPIRY_SKEW_SECONDS",
+    )
+
+
 @dataclass(frozen=True)
 class ConsumerSettings:
+    """What a consumer needs to call one Usage Engine: its token secret, API, refresher and expiry skew.
+
+    The composition root keys each container's client by these settings, so two connections (an EU and a US
+    tenant, production and sandbox credentials) get their own client, token recovery and hold-off.
+    """
+
     token_secret_id: str
     api_url: str = DEFAULT_API_URL
     refresher_function: str | None = None
     token_expiry_skew_seconds: int = DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ConsumerSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, connection: str | None = None) -> ConsumerSettings:
+        """The settings of `connection` (None: the default connection) from `env` (default: os.environ).
+
+        The default connection reads TOKEN_SECRET_ID (required), USAGE_ENGINE_API_URL (default: the EU API),
+        TOKEN_REFRESHER_FUNCTION and TOKEN_EXPIRY_SKEW_SECONDS. A named connection, e.g. "us" (any case), reads
+        USAGE_ENGINE_US_TOKEN_SECRET_ID, USAGE_ENGINE_US_API_URL, USAGE_ENGINE_US_REFRESHER_FUNCTION and
+        USAGE_ENGINE_US_TOKEN_EXPIRY_SKEW_SECONDS, with the same rules, except that its API URL is required: a
+        named connection exists to reach another tenant or region, and a silent EU default would send its
+        tokens to the wrong API. ConfigurationError names the variable that is missing or invalid.
+        """
         env = os.environ if env is None else env
-        api_url = env.get("USAGE_ENGINE_API_URL", "").strip() or DEFAULT_API_URL
+        names = consumer_variables(connection)
+        if connection is None:
+            api_url = env.get(names.api_url, "").strip() or DEFAULT_API_URL
+        else:
+            api_url = _required(env, names.api_url)
         return cls(
-            token_secret_id=_required(env, "TOKEN_SECRET_ID"),
-            api_url=validate_url(api_url, variable="USAGE_ENGINE_API_URL").rstrip("/"),
-            refresher_function=env.get("TOKEN_REFRESHER_FUNCTION", "").strip() or None,
+            token_secret_id=_required(env, names.token_secret_id),
+            api_url=validate_url(api_url, variable=names.api_url).rstrip("/"),
+            refresher_function=env.get(names.refresher_function, "").strip() or None,
             token_expiry_skew_seconds=_int_in_range(
                 env,
-                "TOKEN_EXPIRY_SKEW_SECONDS",
+                names.token_expiry_skew_seconds,
                 DEFAULT_TOKEN_EXPIRY_SKEW_SECONDS,
                 0,
                 MAX_TOKEN_EXPIRY_SKEW_SECONDS,
