@@ -114,12 +114,14 @@ def saved(before: float | None, after: float | None) -> float | None:
 
 
 def describe(section: Section, m: Measurements) -> None:
-    where = (
-        f"Python {LAMBDA_PYTHON_VERSION} (Lambda's version, `{m.python}`)"
-        if m.python
-        else f"Python {platform.python_version()}: no Python {LAMBDA_PYTHON_VERSION} found, so nothing here is "
-        "Lambda's and the targets are not measured"
-    )
+    if not m.python:
+        section.add(
+            f"**No Python {LAMBDA_PYTHON_VERSION} found** (`$LAMBDA_PYTHON`, `python{LAMBDA_PYTHON_VERSION}`, pyenv): "
+            f'everything below ran on Python {platform.python_version()}, "with bytecode" is that Python\'s, and '
+            "the targets are not measured.",
+            "",
+        )
+    where = f"Python {LAMBDA_PYTHON_VERSION} (Lambda's version, `{m.python}`)" if m.python else "this Python"
     other = "wall" if m.clock == "cpu" else "cpu"
     section.add(
         f"Medians of {m.runs} fresh processes on {where}, run interleaved (the baseline, then every handler of "
@@ -194,7 +196,7 @@ def _times_table(m: Measurements, bytecode: bool) -> list[str]:
                 ms(saved(before.total_s, after.total_s)),
             ]
     # The other clock, so nothing is hidden: import, and import + first invocation (before → after).
-    header.append(f"{other}: import; both (before → now)")
+    header.append(f"{other} clock: import; both" + (" (before → now)" if m.has_before else ""))
     baseline = m.baseline.wall if other == "wall" else m.baseline.cpu
     rows[0].append(ms(baseline.import_s))
     for row, function in zip(rows[1:], FUNCTIONS, strict=True):
