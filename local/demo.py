@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -32,11 +32,23 @@ from local.resources import create_resources, publish_meter_events
 from local.sqs_event_source import SqsEventSource
 from local.stack import REFRESHER_FUNCTION, LocalEndpoints, shared_environment
 from local.usage_engine_emulator import UsageEngineEmulator
-from usage_engine import Components, ConsumerSettings, TokenProvider, UsageEngineError
+from usage_engine import (
+    Components,
+    ConsumerSettings,
+    TokenProvider,
+    UsageEngineClient,
+    UsageEngineError,
+    UsageMeteringApi,
+)
 from usage_engine.metering import METERS_PATH
+from usage_engine.settings import consumer_variables
 
 CLIENT_ID = "demo-application"
 REFRESHER = REFRESHER_FUNCTION
+# The second stack: the same bundle deployed again, for another tenant (here: a US one), with its own secrets.
+US_CLIENT_ID = "demo-application-us"
+US_CREDENTIALS_SECRET = "usage-engine-us/credentials"
+US_TOKEN_SECRET = "usage-engine-us/token"
 
 
 @dataclass
@@ -45,6 +57,7 @@ class DemoReport:
 
     output: str = ""
     client_secret: str = ""
+    second_client_secret: str = ""
     issued_tokens: list[str] = field(default_factory=list)
     leaks: list[str] = field(default_factory=list)
 
@@ -111,7 +124,7 @@ def _total(value: Any) -> Any:
 
 
 def run(out: TextIO = sys.stdout) -> DemoReport:
-    report = DemoReport(client_secret=secrets.token_urlsafe(24))
+    report = DemoReport(client_secret=secrets.token_urlsafe(24), second_client_secret=secrets.token_urlsafe(24))
     story = Story(out)
     story.say("Usage Engine token bundle: local demo (moto server + Usage Engine emulator, no AWS, no internet)")
     with (
@@ -272,6 +285,9 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
             f"{after_query['statusCode']}; new IdP requests: {new_requests}"
         )
 
+        story.step("A second stack beside the first (another tenant), and one consumer using both connections")
+        two_connections = _second_stack(story, call, usage_engine, report)
+
         ok = (
             first["refreshed"]
             and not second["refreshed"]
@@ -290,22 +306,112 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
             "   refresh -> skip -> refresh, events -> meters, revoke -> recover with one IdP request: "
             + ("yes" if ok else "NO")
         )
-        story.say(f"   IdP token requests: {usage_engine.token_requests}; API requests: {usage_engine.api_requests}")
+        story.say(
+            "   one consumer, two connections, each call with its own tenant's token: "
+            + ("yes" if two_connections else "NO")
+        )
+        story.say(
+            f"   first stack: IdP token requests: {usage_engine.token_requests}; "
+            f"API requests: {usage_engine.api_requests}"
+        )
         story.say(
             f"   Secrets Manager: GetSecretValue {aws.calls('GetSecretValue')}, "
             f"PutSecretValue {aws.calls('PutSecretValue')}"
         )
 
     report.output = story.text
-    secrets_seen = [report.client_secret, *report.issued_tokens]
+    secrets_seen = [report.client_secret, report.second_client_secret, *report.issued_tokens]
     report.leaks = [f"value #{i}" for i, value in enumerate(secrets_seen) if value in report.output]
-    if not ok:
+    if not (ok and two_connections):
         report.leaks.append("the story did not go as expected")
     story.say(
         f"   secrets in this output: {'none' if not report.leaks else ', '.join(report.leaks)} "
-        f"(checked the client secret and {len(report.issued_tokens)} issued tokens)"
+        f"(checked both client secrets and {len(report.issued_tokens)} issued tokens)"
     )
     return report
+
+
+def _second_stack(
+    story: Story, call: Callable[[str, Any, str], Any], eu_engine: UsageEngineEmulator, report: DemoReport
+) -> bool:
+    """The bundle deployed a second time for another tenant: its own secrets, its own Usage Engine (here a second
+    emulator) and its own refresher run; then one consumer calls both through two connections of the layer."""
+    with UsageEngineEmulator(
+        clients={US_CLIENT_ID: report.second_client_secret}, on_token_issued=report.issued_tokens.append
+    ) as us_engine:
+        sm = boto3.client("secretsmanager")
+        sm.create_secret(
+            Name=US_CREDENTIALS_SECRET,
+            SecretString=json.dumps({"clientId": US_CLIENT_ID, "clientSecret": report.second_client_secret}),
+        )
+        sm.create_secret(Name=US_TOKEN_SECRET, Description="Usage Engine access token (US tenant)")
+        story.say(f"   second Usage Engine emulator (US tenant): {us_engine.base_url}")
+        story.say(f"   {US_CREDENTIALS_SECRET}: client id {US_CLIENT_ID!r}, client secret stored (not shown)")
+        # The second stack's refresher is the same function with its own stack's environment.
+        us_refresher = {
+            "CREDENTIALS_SECRET_ID": US_CREDENTIALS_SECRET,
+            "TOKEN_SECRET_ID": US_TOKEN_SECRET,
+            "USAGE_ENGINE_TOKEN_URL": us_engine.token_url,
+            "USAGE_ENGINE_AUDIENCE": us_engine.audience,
+        }
+        with _environment(us_refresher):
+            refreshed = call("token_refresher", load_event("refresher-scheduled.json"), "the US stack's environment")
+        story.say(f"   -> {json.dumps(refreshed)}")
+
+        # The consumer keeps its default connection (the first stack) and adds the "us" one.
+        us = consumer_variables("us")
+        os.environ[us.token_secret_id] = US_TOKEN_SECRET
+        os.environ[us.api_url] = us_engine.base_url
+        story.say(
+            f"   consumer environment adds: {us.token_secret_id}={US_TOKEN_SECRET}, {us.api_url}={us_engine.base_url}"
+        )
+        eu_before = eu_engine.api_status_counts
+        tokens_seen = []
+        for connection, code in ((None, "UsageEngineClient.from_env()"), ("us", 'UsageEngineClient.from_env("us")')):
+            client = UsageEngineClient.from_env(connection)
+            meters = UsageMeteringApi(client).list_meters()
+            token = client.tokens.peek()
+            tokens_seen.append(token is not None)
+            story.say(
+                f"   {code + ':':<33} GET {METERS_PATH} on {client.base_url} with token "
+                f"{token.fingerprint if token else '-'} -> {len(meters)} meters"
+            )
+        eu_new = _new(eu_before, eu_engine.api_status_counts)
+        story.say(
+            f"   IdP requests: EU {eu_engine.token_requests}, US {us_engine.token_requests}; answers to these calls: "
+            f"EU {_statuses(eu_new)}, US {_statuses(us_engine.api_status_counts)} (each API got its tenant's token)"
+        )
+        return (
+            bool(refreshed["refreshed"])
+            and all(tokens_seen)
+            and us_engine.token_requests == 1
+            and us_engine.api_status_counts == {200: 1}
+            and eu_new == {200: 1}
+            and UsageEngineClient.from_env("us").tokens is not UsageEngineClient.from_env().tokens
+        )
+
+
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """`values` in os.environ for the duration (in-process handlers read the process environment)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _new(before: Mapping[int, int], after: Mapping[int, int]) -> dict[int, int]:
+    return {status: count - before.get(status, 0) for status, count in after.items() if count != before.get(status, 0)}
+
+
+def _statuses(counts: Mapping[int, int]) -> str:
+    return ", ".join(f"{count} x HTTP {status}" for status, count in sorted(counts.items())) or "none"
 
 
 def _create(ref: str, user: str, meter_type: str) -> dict[str, Any]:

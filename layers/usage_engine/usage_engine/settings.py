@@ -149,10 +149,9 @@ def consumer_variables(connection: str | None = None) -> ConsumerVariables:
     letters, digits, underscores, 1-32 characters) reads USAGE_ENGINE_<NAME>_TOKEN_SECRET_ID and so on."""
     if connection is None:
         return DEFAULT_CONNECTION_VARIABLES
-    if not isinstance(connection, str) or not _CONNECTION_NAME.fullmatch(connection):
-        shown = repr(connection)[:40] if isinstance(connection, str) else type(connection).__name__
+    if not _CONNECTION_NAME.fullmatch(connection):
         raise ConfigurationError(
-            "USAGE_ENGINE_<NAME>_*", f"connection name {shown} is not 1-32 letters, digits or underscores"
+            "USAGE_ENGINE_<NAME>_*", f"connection name {connection[:40]!r} is not 1-32 letters, digits or underscores"
         )
     prefix = f"USAGE_ENGINE_{connection.upper()}_"
     return ConsumerVariables(
