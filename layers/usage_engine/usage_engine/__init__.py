@@ -68,7 +68,7 @@ if TYPE_CHECKING:
         TokenRefresher,
         decide,
     )
-    from .settings import ConsumerSettings, RefresherSettings
+    from .settings import ConsumerSettings, ConsumerVariables, RefresherSettings, consumer_variables
     from .states import (
         DecisionReason,
         MessageAction,
@@ -96,6 +96,8 @@ _EXPORTS: dict[str, str] = {
     "Components": ".composition",
     "ConfigurationError": ".errors",
     "ConsumerSettings": ".settings",
+    "ConsumerVariables": ".settings",
+    "consumer_variables": ".settings",
     "CredentialsError": ".errors",
     "CredentialsRejectedError": ".errors",
     "DeadLetterError": ".errors",
@@ -164,6 +166,7 @@ __all__ = [
     "Components",
     "ConfigurationError",
     "ConsumerSettings",
+    "ConsumerVariables",
     "CredentialsError",
     "CredentialsRejectedError",
     "DeadLetterError",
@@ -210,6 +213,7 @@ __all__ = [
     "UsageMeteringApi",
     "__version__",
     "components",
+    "consumer_variables",
     "current_deadline",
     "deadline_scope",
     "decide",
