@@ -82,14 +82,18 @@ typecheck: venv
 	$(BIN)/mypy --strict layers/usage_engine/usage_engine
 	for fn in functions/*/; do $(BIN)/mypy --strict "$$fn"app.py; done
 	$(BIN)/mypy --strict local tools
+	$(BIN)/mypy --strict examples/consumer/function/app.py
 
 template-check: venv checkov $(SAM_STAMP)
-	$(OFFLINE) $(BIN)/cfn-lint template.yaml
+	$(OFFLINE) $(BIN)/cfn-lint template.yaml examples/consumer/template.yaml
 	$(OFFLINE) $(SAM) validate --lint --template template.yaml
+	$(OFFLINE) $(SAM) validate --lint --template examples/consumer/template.yaml
 
 ## checkov on template.yaml: zero failed checks; each skip is justified in the template next to its resource.
 checkov: $(CHECKS_STAMP)
 	$(OFFLINE) $(CHECKS_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
+	$(OFFLINE) $(CHECKS_VENV)/bin/checkov --file examples/consumer/template.yaml --framework cloudformation \
+		--skip-download --compact --quiet
 
 # The whole suite with the layer's coverage floor. REQUIRE_BUILD_ARTIFACTS=1: the build tier (tests/build, the
 # handlers imported from .aws-sam/build-all by Python 3.13) fails instead of skipping without `make build-all`,
@@ -117,6 +121,8 @@ build-all: venv $(SAM_STAMP)
 		$(OFFLINE) PATH="$(BUILD_PATH)" $(SAM) build --no-cached \
 			--build-dir .aws-sam/build-all/$$arch --parameter-overrides Architecture=$$arch; \
 	done
+	$(OFFLINE) PATH="$(BUILD_PATH)" $(SAM) build --no-cached --template examples/consumer/template.yaml \
+		--build-dir .aws-sam/example
 
 ## Deploy what `make build` built: make deploy [CONFIG_ENV=dev|prod] [REGION=...] [ARCH=x86_64] [GUIDED=1] [PARAMS="AlarmEmail=a@b.c"].
 ## Parameters not given keep their previous values (docs/operations.md lists them).

@@ -25,6 +25,7 @@ import boto3
 import requests
 import time_machine
 
+from local.example_stack import run_example
 from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import invoke, load_event, load_module
 from local.moto_server import MotoServer
@@ -143,7 +144,8 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         story.say(f"   Lambda Invoke API (refresher): {lambdas.endpoint_url}")
 
         story.step("The stack's resources exist (as template.yaml creates them); an operator stores the credentials")
-        resources = create_resources()
+        # With the API URL: the bundle's published parameters (/usage-engine/<stack>/...) exist too.
+        resources = create_resources(api_url=usage_engine.base_url)
         # The functions' environment as template.yaml defines it, pointed at the emulators.
         endpoints = LocalEndpoints(
             usage_engine.token_url, usage_engine.audience, usage_engine.base_url, resources.dead_letter_queue_url
@@ -260,6 +262,10 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
             + ", ".join(m["externalRef"] for m in body["meters"])
         )
 
+        story.step("A consumer in a stack of its own (examples/consumer) takes everything from the bundle's parameters")
+        example = run_example({"userId": "user-42"})
+        story.say(f"   {example.summary}")
+
         story.step("10 minutes later the Usage Engine revokes every token; 10 containers call the API at once")
         clock.shift(10 * 60)
         before = usage_engine.token_requests
@@ -297,6 +303,7 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
             and len(usage_engine.meters) == 3
             and not redelivered["batchItemFailures"]
             and query["statusCode"] == 200
+            and example.result == {"userId": "user-42", "meterCount": 2}
             and statuses == [200] * 10
             and after_query["statusCode"] == 200
             and new_requests == 1
@@ -305,6 +312,10 @@ def run(out: TextIO = sys.stdout) -> DemoReport:
         story.say(
             "   refresh -> skip -> refresh, events -> meters, revoke -> recover with one IdP request: "
             + ("yes" if ok else "NO")
+        )
+        story.say(
+            "   a consumer outside the bundle's template, configured from its published parameters: "
+            + ("yes" if example.result == {"userId": "user-42", "meterCount": 2} else "NO")
         )
         story.say(
             "   one consumer, two connections, each call with its own tenant's token: "

@@ -56,4 +56,7 @@ def test_demo_story_and_no_secret_in_its_output() -> None:
     assert "-> 0 meters" in text.split('UsageEngineClient.from_env("us"):')[1].splitlines()[0]
     assert "IdP requests: EU 3, US 1; answers to these calls: EU 1 x HTTP 200, US 1 x HTTP 200" in text
     assert "one consumer, two connections, each call with its own tenant's token: yes" in text
+    # The example consumer stack (examples/consumer), configured from the bundle's published parameters.
+    assert '{"userId": "user-42"} -> {"userId": "user-42", "meterCount": 2}' in text
+    assert "a consumer outside the bundle's template, configured from its published parameters: yes" in text
     assert demo.main.__doc__ is None or "secret" not in demo.main.__doc__
