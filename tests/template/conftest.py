@@ -15,8 +15,8 @@ from typing import Any
 
 import boto3
 import pytest
-from samtranslator.parser.parser import Parser
-from samtranslator.translator.translator import Translator
+from samtranslator.parser.parser import Parser  # type: ignore[import-untyped]
+from samtranslator.translator.translator import Translator  # type: ignore[import-untyped]
 
 from local import template as local_template
 from local.template import REGION, REPO_ROOT, TEMPLATE_PATH, UnresolvedError, load_template
@@ -26,6 +26,15 @@ __all__ = ["REGION", "REPO_ROOT", "TEMPLATE_PATH", "Evaluator", "UnresolvedError
 REFRESHER_ID = "TokenRefresherFunction"
 CREDENTIALS_SECRET_ID = "CredentialsSecret"
 TOKEN_SECRET_ID = "TokenSecret"
+CONSUMER_POLICY_ID = "ConsumerPolicy"
+DEPLOYMENT_ROLE_ID = "DeploymentRole"
+# AutoPublishAlias of every function: what invokes a function invokes this alias.
+ALIAS = "live"
+
+
+def alias_id(function_id: str) -> str:
+    """The logical ID of the alias SAM makes for a function's AutoPublishAlias."""
+    return f"{function_id}Alias{ALIAS}"
 
 
 class Evaluator(local_template.Evaluator):
@@ -86,19 +95,25 @@ def sam_template() -> dict[str, Any]:
     return load_template()
 
 
+def transform(sam_template: dict[str, Any], parameter_values: dict[str, str] | None = None) -> dict[str, Any]:
+    """The CloudFormation that the SAM transform produces from a SAM template (not modified)."""
+    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
+    transformed = translator.translate(
+        _as_packaged(sam_template), parameter_values=dict(parameter_values or {}), get_managed_policy_map=lambda: {}
+    )
+    return dict(_plain(transformed))
+
+
 @pytest.fixture(scope="session")
 def cfn_template(sam_template: dict[str, Any]) -> dict[str, Any]:
     """The CloudFormation template that the SAM transform produces from template.yaml."""
-    translator = Translator(None, Parser(), boto_session=boto3.session.Session(region_name=REGION))
-    transformed = translator.translate(
-        _as_packaged(sam_template), parameter_values={}, get_managed_policy_map=lambda: {}
-    )
-    return _plain(transformed)
+    return transform(sam_template)
 
 
 @pytest.fixture(scope="session")
 def cfn_resources(cfn_template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return cfn_template["Resources"]
+    resources: dict[str, dict[str, Any]] = cfn_template["Resources"]
+    return resources
 
 
 @pytest.fixture(scope="session")
@@ -117,12 +132,12 @@ def refresher_role_id(refresher: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="session")
 def refresher_schedule(cfn_resources: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The single EventBridge Scheduler schedule that targets the refresher."""
+    """The single EventBridge Scheduler schedule that targets the refresher (its live alias)."""
     schedules = [
         resource
         for resource in cfn_resources.values()
         if resource["Type"] == "AWS::Scheduler::Schedule"
-        and resource["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": [REFRESHER_ID, "Arn"]}
+        and resource["Properties"]["Target"]["Arn"] == {"Ref": alias_id(REFRESHER_ID)}
     ]
     assert len(schedules) == 1, f"expected one schedule for the refresher, found {len(schedules)}"
     return schedules[0]
@@ -184,6 +199,21 @@ KEY_ARN = {"Fn::If": ["CreateKmsKey", {"Fn::GetAtt": ["EncryptionKey", "Arn"]}, 
 CREDENTIALS_ARN = {
     "Fn::If": ["CreateCredentialsSecret", {"Ref": CREDENTIALS_SECRET_ID}, {"Ref": "ExistingCredentialsSecretArn"}]
 }
+# The API the consumers call: the override when it is set, else the UsageEngineRegion's (test_parameters.py).
+API_URL = {
+    "Fn::If": [
+        "HasApiUrlOverride",
+        {"Ref": "UsageEngineApiUrl"},
+        {"Fn::FindInMap": ["UsageEngineEndpoints", {"Ref": "UsageEngineRegion"}, "ApiUrl"]},
+    ]
+}
+# The refresher's live alias as consumers name it (TOKEN_REFRESHER_FUNCTION) and as policies grant it: written
+# out, so that local.template resolves the name and a policy does not depend on the alias's deployment.
+REFRESHER_ALIAS_NAME = {"Fn::Sub": f"${{{REFRESHER_ID}}}:{ALIAS}"}
+REFRESHER_ARN = {"Fn::GetAtt": [REFRESHER_ID, "Arn"]}
+REFRESHER_ALIAS_ARN = {"Fn::Sub": f"${{{REFRESHER_ID}.Arn}}:{ALIAS}"}
+# The consumers this template declares. A consumer added to the template (README, "Adding your own consumer
+# Lambda") is any other function but the refresher: checks.consumer_ids finds them all.
 CONSUMER_IDS = ("MeterEventsFunction", "MeterQueryFunction")
 FUNCTION_IDS = (REFRESHER_ID, *CONSUMER_IDS)
 

@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 
+from tests.template.checks import consumer_contract_problems, log_group_problems
 from tests.template.conftest import (
+    API_URL,
     CONSUMER_IDS,
     FUNCTION_IDS,
     KEY_ARN,
+    REFRESHER_ALIAS_NAME,
     REFRESHER_ID,
     Evaluator,
+    alias_id,
     possible_statements,
     references,
     resources_of_type,
@@ -108,7 +112,9 @@ def test_every_dead_letter_queue_has_a_depth_alarm(cfn_resources):
 
 def test_token_freshness_alarm(sam_template, cfn_resources):
     (alarm,) = [a for a in alarms(cfn_resources).values() if a.get("MetricName") == "TokenSecondsRemaining"]
-    assert alarm["Namespace"] == "UsageEngine"
+    # The namespace the refresher publishes to: this stack's own.
+    namespace = cfn_resources[REFRESHER_ID]["Properties"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
+    assert alarm["Namespace"] == namespace == {"Fn::Sub": "UsageEngine/${AWS::StackName}"}
     assert alarm["Dimensions"] == [{"Name": "service", "Value": "token-refresher"}]
     assert (alarm["Statistic"], alarm["Period"]) == ("Minimum", 300)
     assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 600)
@@ -183,7 +189,9 @@ def test_negative_the_topic_check_sees_an_unscoped_publisher(cfn_resources):
 
 def test_every_log_group_has_retention_and_the_key(cfn_resources):
     groups = resources_of_type(cfn_resources, "AWS::Logs::LogGroup")
-    assert len(groups) == len(FUNCTION_IDS) + 1  # the functions' and the HTTP API's access log
+    # The functions' (one each) and the HTTP API's access log, and no other: every group has its owner.
+    assert log_group_problems(cfn_resources) == []
+    assert len(groups) == len(resources_of_type(cfn_resources, "AWS::Lambda::Function")) + 1
     for logical_id, group in groups.items():
         assert group["Properties"].get("RetentionInDays") == {"Ref": "LogRetentionDays"}, logical_id
         assert group["Properties"].get("KmsKeyId") == KEY_ARN, logical_id
@@ -258,7 +266,8 @@ def test_meter_events_queue_redrive_and_visibility(cfn_resources):
 def test_meter_events_source_reports_partial_batch_failures(cfn_resources):
     (mapping,) = resources_of_type(cfn_resources, "AWS::Lambda::EventSourceMapping").values()
     properties = mapping["Properties"]
-    assert properties["FunctionName"] == {"Ref": "MeterEventsFunction"}
+    # The live alias, so that a gradual deployment shifts the batches too.
+    assert properties["FunctionName"] == {"Ref": alias_id("MeterEventsFunction")}
     assert properties["EventSourceArn"] == {"Fn::GetAtt": ["MeterEventsQueue", "Arn"]}
     assert properties["BatchSize"] == 10
     assert properties["MaximumBatchingWindowInSeconds"] == 1
@@ -286,8 +295,9 @@ def test_consumer_configuration(cfn_resources, function_id, service, timeout):
     assert env["POWERTOOLS_SERVICE_NAME"] == service
     assert env["TOKEN_SECRET_ID"] == {"Ref": "TokenSecret"}
     assert env["TOKEN_EXPIRY_SKEW_SECONDS"] == {"Ref": "TokenExpirySkewSeconds"}
-    assert env["TOKEN_REFRESHER_FUNCTION"] == {"Ref": REFRESHER_ID}
-    assert env["USAGE_ENGINE_API_URL"]["Fn::If"][0] == "HasApiUrlOverride"
+    # The refresher's live alias, so that an on-demand refresh runs the version the schedule runs.
+    assert env["TOKEN_REFRESHER_FUNCTION"] == REFRESHER_ALIAS_NAME
+    assert env["USAGE_ENGINE_API_URL"] == API_URL
     expected = {"POWERTOOLS_SERVICE_NAME", "TOKEN_SECRET_ID", "TOKEN_EXPIRY_SKEW_SECONDS"}
     expected |= {"TOKEN_REFRESHER_FUNCTION", "USAGE_ENGINE_API_URL", "POWERTOOLS_METRICS_NAMESPACE"}
     expected |= {"POWERTOOLS_LOGGER_LOG_EVENT", "POWERTOOLS_LOG_LEVEL", "USAGE_ENGINE_XRAY_SDK"}
@@ -300,6 +310,31 @@ def test_consumer_configuration(cfn_resources, function_id, service, timeout):
         expected |= {"DEAD_LETTER_QUEUE_URL", "METER_STATE_TABLE", "MAX_RECEIVE_COUNT"}
     assert set(env) == expected
     assert "ReservedConcurrentExecutions" not in properties
+
+
+def test_every_consumer_gets_the_contract_and_the_consumer_policy(cfn_resources):
+    # The check every consumer, built in or added to the template, must pass (test_added_consumer.py).
+    assert consumer_contract_problems(cfn_resources) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("USAGE_ENGINE_API_URL", {"Ref": "UsageEngineApiUrl"}),  # empty unless overridden: not region-aware
+        ("TOKEN_REFRESHER_FUNCTION", {"Ref": REFRESHER_ID}),  # unqualified: bypasses the live alias
+        ("TOKEN_SECRET_ID", {"Ref": "CredentialsSecret"}),
+    ],
+)
+def test_negative_the_contract_check_sees_a_wrong_variable(cfn_resources, name, value):
+    broken = copy.deepcopy(cfn_resources)
+    broken["MeterQueryFunction"]["Properties"]["Environment"]["Variables"][name] = value
+    assert any(name in problem for problem in consumer_contract_problems(broken))
+
+
+def test_negative_the_contract_check_sees_a_consumer_without_the_consumer_policy(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    del broken["MeterQueryRole"]["Properties"]["ManagedPolicyArns"]
+    assert any("ConsumerPolicy" in problem for problem in consumer_contract_problems(broken))
 
 
 def test_meter_query_api_logs_access_and_throttles(cfn_resources):
@@ -330,7 +365,17 @@ def test_dashboard_shows_what_the_issue_asks_for(cfn_resources):
         for metric in widget["properties"].get("metrics", [])
         if isinstance(metric[0], dict)
     ]
+    # This stack's consumers, and consumers in other stacks that publish under the layer's default namespace.
+    assert "SEARCH('{\"UsageEngine/x\",service,status} MetricName=\"ApiCalls\"', 'Sum', 300)" in expressions
     assert "SEARCH('{UsageEngine,service,status} MetricName=\"ApiCalls\"', 'Sum', 300)" in expressions
+    # The refresher's metrics are this stack's too.
+    namespaces = {
+        metric[0]
+        for widget in document["widgets"]
+        for metric in widget["properties"].get("metrics", [])
+        if isinstance(metric[0], str) and metric[0] not in (".", "...") and not metric[0].startswith("AWS/")
+    }
+    assert namespaces == {"UsageEngine/x"}
     for function_id in FUNCTION_IDS:
         assert f"${{{function_id}}}" in body, function_id
     assert len(document["widgets"]) >= 6

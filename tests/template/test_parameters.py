@@ -184,7 +184,9 @@ def test_an_existing_key_replaces_the_stacks_key_everywhere(sam_template):
             if name in properties:
                 assert properties[name] == EXISTING_KEY, logical_id
                 key_users += 1
-    assert key_users == 2 + 5 + 1 + 4  # secrets, queues, topic, log groups
+    log_groups = [r for r in sam_template["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
+    assert key_users == 2 + 5 + 1 + len(log_groups)  # secrets, queues, topic, every log group
+    assert len(log_groups) >= 4  # the three functions' and the HTTP API's access log
     pattern = re.compile(sam_template["Parameters"]["KmsKeyArn"]["AllowedPattern"])
     assert pattern.match(EXISTING_KEY)
     assert not pattern.match("arn:aws:kms:eu-west-1:123456789012:alias/mine")

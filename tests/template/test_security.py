@@ -1,8 +1,9 @@
 """Least privilege, checked on the CloudFormation that the SAM transform makes of template.yaml.
 
-Every role is compared statement by statement with what its function needs (EXPECTED_GRANTS): a new action,
-a wider resource or a dropped condition fails. The checks are plain functions returning problems, so the
-negative tests can prove they catch a consumer role that is given the credentials secret or a `*` resource.
+Every role is compared statement by statement with what its function needs (EXPECTED_GRANTS), counting the
+managed policies of this template it attaches (ConsumerPolicy): a new action, a wider resource or a dropped
+condition fails. The checks are plain functions returning problems (checks.py), so the negative tests can prove
+they catch a consumer role that is given the credentials secret or a `*` resource.
 """
 
 from __future__ import annotations
@@ -13,28 +14,32 @@ from typing import Any
 
 import pytest
 
+from tests.template.checks import (
+    SCHEDULE_ROLE_ID,
+    credentials_exposure,
+    iam_inventory_problems,
+    role_documents,
+)
 from tests.template.conftest import (
     CONSUMER_IDS,
+    CONSUMER_POLICY_ID,
     CREDENTIALS_ARN,
     CREDENTIALS_SECRET_ID,
+    DEPLOYMENT_ROLE_ID,
     FUNCTION_IDS,
     KEY_ARN,
+    REFRESHER_ALIAS_ARN,
+    REFRESHER_ARN,
     REFRESHER_ID,
     TOKEN_SECRET_ID,
     as_list,
-    policy_documents,
     possible_statements,
-    references,
     resources_of_type,
     role_id_of,
     statements,
 )
 
-IAM_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy")
-SCHEDULE_ROLE_ID = "RefreshScheduleRole"
-
 TOKEN = {"Ref": TOKEN_SECRET_ID}
-REFRESHER_ARN = {"Fn::GetAtt": [REFRESHER_ID, "Arn"]}
 VIA_SECRETS_MANAGER = {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
 VIA_SQS = {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"}
 XRAY = "*"
@@ -70,14 +75,20 @@ def common(log_group_id: str) -> set[tuple[str, str, str]]:
     )
 
 
+# ConsumerPolicy, what every consumer needs (the platform contract): read the token (and decrypt it, through
+# Secrets Manager and for that secret only), ask the refresher for a new one (its live alias, and the function
+# for callers that name it unqualified). Nothing else.
+CONSUMER_POLICY_GRANTS = grants(
+    (("secretsmanager:GetSecretValue",), TOKEN, None),
+    (("kms:Decrypt",), KEY_ARN, via_secrets_manager(TOKEN)),
+    (("lambda:InvokeFunction",), REFRESHER_ARN, None),
+    (("lambda:InvokeFunction",), REFRESHER_ALIAS_ARN, None),
+)
+
+
 def consumer(log_group_id: str) -> set[tuple[str, str, str]]:
-    """What every consumer needs: read the token (and decrypt it, through Secrets Manager only), ask the
-    refresher for a new one."""
-    return common(log_group_id) | grants(
-        (("secretsmanager:GetSecretValue",), TOKEN, None),
-        (("kms:Decrypt",), KEY_ARN, via_secrets_manager(TOKEN)),
-        (("lambda:InvokeFunction",), REFRESHER_ARN, None),
-    )
+    """What every built-in consumer has: ConsumerPolicy, its log group and X-Ray."""
+    return common(log_group_id) | CONSUMER_POLICY_GRANTS
 
 
 EXPECTED_GRANTS: dict[str, set[tuple[str, str, str]]] = {
@@ -106,16 +117,17 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str, str]]] = {
     "MeterQueryFunction": consumer("MeterQueryLogGroup"),
 }
 
+# The schedule targets the refresher's live alias, and may invoke nothing else.
 EXPECTED_SCHEDULE_GRANTS = grants(
-    (("lambda:InvokeFunction",), REFRESHER_ARN, None),
+    (("lambda:InvokeFunction",), REFRESHER_ALIAS_ARN, None),
     (("sqs:SendMessage",), arn("RefreshScheduleDeadLetterQueue"), None),
     (("kms:GenerateDataKey", "kms:Decrypt"), KEY_ARN, VIA_SQS_ONLY),
 )
 
 
-def role_grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+def document_grants(documents: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
     found: set[tuple[str, str, str]] = set()
-    for document in policy_documents(role):
+    for document in documents:
         for statement in statements(document):
             assert statement["Effect"] == "Allow"
             assert not {"NotAction", "NotResource", "Principal", "NotPrincipal"} & set(statement)
@@ -124,6 +136,11 @@ def role_grants(role: dict[str, Any]) -> set[tuple[str, str, str]]:
                 for resource in as_list(statement["Resource"]):
                     found.add((action, json.dumps(resource, sort_keys=True), condition))
     return found
+
+
+def role_grants(resources: dict[str, dict[str, Any]], role_id: str) -> set[tuple[str, str, str]]:
+    """What a role may do: its inline policies and the managed policies of this template it attaches."""
+    return document_grants(role_documents(resources, role_id))
 
 
 def trusted_services(role: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -136,48 +153,6 @@ def trusted_services(role: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 # --- Checks that return problems (the negative tests feed them broken templates) -------------------------
-
-
-def credentials_exposure(resources: dict[str, dict[str, Any]]) -> list[str]:
-    """Ways a consumer role could read the credentials secret: a reference to it, a secretsmanager action on a
-    wildcard resource, a wildcard secretsmanager action, or any managed policy (which we cannot inspect)."""
-    problems = []
-    for function_id in CONSUMER_IDS:
-        role_id = role_id_of(resources, function_id)
-        role = resources[role_id]
-        if role["Properties"].get("ManagedPolicyArns"):
-            problems.append(f"{role_id}: managed policies {role['Properties']['ManagedPolicyArns']}")
-        attached = [
-            policy
-            for policy in resources_of_type(resources, "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy").values()
-            if any(references(r, role_id) for r in policy["Properties"].get("Roles", []))
-        ]
-        for document in [*policy_documents(role), *(d for p in attached for d in policy_documents(p))]:
-            for statement in statements(document):
-                if statement.get("Effect") != "Allow":
-                    continue
-                actions = [a.lower() for a in as_list(statement.get("Action", []))]
-                secret_actions = [a for a in actions if a.startswith("secretsmanager:") or a == "*"]
-                if "NotAction" in statement or "NotResource" in statement:
-                    problems.append(f"{role_id}: NotAction/NotResource statement")
-                if references(statement, CREDENTIALS_SECRET_ID) or references(
-                    statement, "ExistingCredentialsSecretArn"
-                ):
-                    problems.append(f"{role_id}: statement names the credentials secret: {statement}")
-                if any("*" in a for a in secret_actions):
-                    problems.append(f"{role_id}: wildcard secretsmanager action {secret_actions}")
-                if secret_actions and any("*" in text for text in _strings(statement.get("Resource", []))):
-                    problems.append(f"{role_id}: secretsmanager on a wildcard resource: {statement}")
-    return problems
-
-
-def _strings(node: Any) -> list[str]:
-    """Every string in node, inside intrinsic functions too (an Fn::Sub ARN can hold a wildcard)."""
-    if isinstance(node, dict):
-        return [text for value in node.values() for text in _strings(value)]
-    if isinstance(node, list):
-        return [text for item in node for text in _strings(item)]
-    return [node] if isinstance(node, str) else []
 
 
 def only_refresher_reads_credentials(resources: dict[str, dict[str, Any]]) -> list[str]:
@@ -213,29 +188,137 @@ def only_refresher_reads_credentials(resources: dict[str, dict[str, Any]]) -> li
 
 
 def test_every_role_is_declared_and_no_other_iam_resource_exists(cfn_resources):
-    # A function without its own Role would get a SAM-generated one with AWS managed policies on "*".
+    # A built-in function without its own Role would get a SAM-generated one with AWS managed policies on "*".
+    # (A consumer added to the template may have a generated one: test_added_consumer.py.)
+    assert iam_inventory_problems(cfn_resources) == []
     roles = {role_id_of(cfn_resources, function_id) for function_id in FUNCTION_IDS}
     assert len(roles) == len(FUNCTION_IDS), "each function has a role of its own"
-    assert set(resources_of_type(cfn_resources, *IAM_TYPES)) == roles | {SCHEDULE_ROLE_ID}
-    functions = resources_of_type(cfn_resources, "AWS::Lambda::Function")
-    assert set(functions) == set(FUNCTION_IDS)
+    assert set(resources_of_type(cfn_resources, "AWS::Lambda::Function")) == set(FUNCTION_IDS)
 
 
 @pytest.mark.parametrize("function_id", FUNCTION_IDS)
 def test_each_function_role_grants_exactly_what_the_function_needs(cfn_resources, function_id):
-    role = cfn_resources[role_id_of(cfn_resources, function_id)]
-    assert role_grants(role) == EXPECTED_GRANTS[function_id]
-    assert not role["Properties"].get("ManagedPolicyArns")
-    assert trusted_services(role) == [("lambda.amazonaws.com", None)]
+    role_id = role_id_of(cfn_resources, function_id)
+    assert role_grants(cfn_resources, role_id) == EXPECTED_GRANTS[function_id]
+    # The consumers' share of the contract comes from ConsumerPolicy, which they attach; nothing else is attached.
+    attached = [{"Ref": CONSUMER_POLICY_ID}] if function_id in CONSUMER_IDS else []
+    assert cfn_resources[role_id]["Properties"].get("ManagedPolicyArns", []) == attached
+    assert trusted_services(cfn_resources[role_id]) == [("lambda.amazonaws.com", None)]
+
+
+def test_negative_the_inventory_sees_a_generated_role_on_a_built_in_function(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    broken["MeterQueryFunction"]["Properties"]["Role"] = arn("MeterQueryFunctionRole")
+    broken["MeterQueryFunctionRole"] = copy.deepcopy(broken["MeterQueryRole"])
+    broken["MeterQueryFunctionRole"]["Properties"]["ManagedPolicyArns"].append(
+        "arn:aws:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+    )
+    del broken["MeterQueryRole"]
+    assert iam_inventory_problems(broken)
 
 
 def test_schedule_role_only_invokes_the_refresher_and_writes_its_dlq(cfn_resources, refresher_schedule):
     assert refresher_schedule["Properties"]["Target"]["RoleArn"] == arn(SCHEDULE_ROLE_ID)
+    assert role_grants(cfn_resources, SCHEDULE_ROLE_ID) == EXPECTED_SCHEDULE_GRANTS
     role = cfn_resources[SCHEDULE_ROLE_ID]
-    assert role_grants(role) == EXPECTED_SCHEDULE_GRANTS
     # Confused-deputy protection: only schedules of this account may use the role.
     assert trusted_services(role) == [
         ("scheduler.amazonaws.com", {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}})
+    ]
+
+
+# --- ConsumerPolicy: the consumer share of the platform contract ------------------------------------------
+
+
+def consumer_policy_problems(resources: dict[str, dict[str, Any]]) -> list[str]:
+    """ConsumerPolicy grants exactly CONSUMER_POLICY_GRANTS: no other action, resource or condition, no
+    wildcard action, no NotAction/NotResource, and its name (if it has one) is the stack's own."""
+    policy = resources[CONSUMER_POLICY_ID]
+    if policy["Type"] != "AWS::IAM::ManagedPolicy":
+        return [f"{CONSUMER_POLICY_ID} is a {policy['Type']}"]
+    properties = policy["Properties"]
+    problems = []
+    name = properties.get("ManagedPolicyName")
+    if name is not None and "${AWS::StackName}" not in json.dumps(name):
+        problems.append(f"fixed name {name!r}: a second stack in the account would collide")
+    for statement in statements(properties["PolicyDocument"]):
+        if statement.get("Effect") != "Allow":
+            problems.append(f"not an Allow statement: {statement}")
+        if {"NotAction", "NotResource", "Principal", "NotPrincipal"} & set(statement):
+            problems.append(f"NotAction/NotResource/Principal in {statement}")
+        problems += [f"wildcard action {a!r}" for a in as_list(statement.get("Action", [])) if "*" in a]
+    if problems:
+        return problems
+    found = document_grants([properties["PolicyDocument"]])
+    problems += [f"grants more: {grant}" for grant in sorted(found - CONSUMER_POLICY_GRANTS)]
+    problems += [f"grants less: {grant}" for grant in sorted(CONSUMER_POLICY_GRANTS - found)]
+    return problems
+
+
+def test_consumer_policy_grants_exactly_the_contract(cfn_resources):
+    assert consumer_policy_problems(cfn_resources) == []
+    properties = cfn_resources[CONSUMER_POLICY_ID]["Properties"]
+    assert properties.get("Description")
+    # Attached by the consumers' roles, never attaching itself to anything.
+    assert not {"Roles", "Users", "Groups"} & set(properties)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"Action": "lambda:*"},
+        {"Action": ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]},
+        {"Resource": "*"},
+        {"Resource": [REFRESHER_ARN, REFRESHER_ALIAS_ARN, {"Fn::Sub": "${TokenRefresherFunction.Arn}:*"}]},
+        {"NotResource": REFRESHER_ARN},
+    ],
+    ids=["wildcard-action", "extra-action", "wildcard-resource", "every-version", "not-resource"],
+)
+def test_negative_the_consumer_policy_check_sees_a_wider_grant(cfn_resources, change):
+    broken = copy.deepcopy(cfn_resources)
+    (invoke,) = [
+        s
+        for s in broken[CONSUMER_POLICY_ID]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Sid"] == "AskForATokenRefresh"
+    ]
+    invoke.update(change)
+    assert consumer_policy_problems(broken)
+
+
+def test_negative_the_consumer_policy_check_sees_a_dropped_condition(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    document = broken[CONSUMER_POLICY_ID]["Properties"]["PolicyDocument"]
+    (statement,) = [s for s in document["Statement"] if s["Sid"] == "DecryptToken"]
+    del statement["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"]
+    assert consumer_policy_problems(broken)
+
+
+def test_negative_the_consumer_policy_check_sees_a_fixed_name(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    broken[CONSUMER_POLICY_ID]["Properties"]["ManagedPolicyName"] = "usage-engine-consumer"
+    assert consumer_policy_problems(broken)
+
+
+# --- CodeDeploy's role (GradualDeployment) ----------------------------------------------------------------
+
+ERRORS_ALARM_IDS = ("TokenRefresherErrorsAlarm", "MeterEventsErrorsAlarm", "MeterQueryErrorsAlarm")
+
+EXPECTED_DEPLOYMENT_GRANTS = grants(
+    *(
+        (("lambda:GetAlias", "lambda:UpdateAlias", "lambda:GetProvisionedConcurrencyConfig"), resource, None)
+        for function_id in FUNCTION_IDS
+        for resource in (arn(function_id), {"Fn::Sub": f"${{{function_id}.Arn}}:live"})
+    ),
+    *((("cloudwatch:DescribeAlarms",), arn(alarm_id), None) for alarm_id in ERRORS_ALARM_IDS),
+)
+
+
+def test_deployment_role_only_shifts_the_live_aliases_and_reads_their_alarms(cfn_resources):
+    assert role_grants(cfn_resources, DEPLOYMENT_ROLE_ID) == EXPECTED_DEPLOYMENT_GRANTS
+    role = cfn_resources[DEPLOYMENT_ROLE_ID]
+    assert not role["Properties"].get("ManagedPolicyArns")
+    assert trusted_services(role) == [
+        ("codedeploy.amazonaws.com", {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}})
     ]
 
 
@@ -270,7 +353,15 @@ def test_negative_the_check_catches_a_consumer_given_the_credentials(cfn_resourc
     broken = _with_statement(cfn_resources, role_id_of(cfn_resources, function_id), statement)
     assert credentials_exposure(broken)
     # ... and the exact-grants test would fail too.
-    assert role_grants(broken[role_id_of(broken, function_id)]) != EXPECTED_GRANTS[function_id]
+    assert role_grants(broken, role_id_of(broken, function_id)) != EXPECTED_GRANTS[function_id]
+
+
+def test_negative_the_check_catches_the_credentials_in_the_consumer_policy(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    broken[CONSUMER_POLICY_ID]["Properties"]["PolicyDocument"]["Statement"].append(
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": CREDENTIALS_ARN}
+    )
+    assert credentials_exposure(broken)
 
 
 def test_negative_the_check_catches_a_managed_policy_on_a_consumer(cfn_resources):

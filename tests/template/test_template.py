@@ -6,6 +6,7 @@ The schedule checks pin the arithmetic behind the defaults (see the comments at 
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -13,7 +14,9 @@ from typing import Any
 
 import pytest
 
+from tests.template.checks import log_group_problems, wildcard_problems
 from tests.template.conftest import (
+    ALIAS,
     CREDENTIALS_ARN,
     CREDENTIALS_SECRET_ID,
     REFRESHER_ID,
@@ -28,9 +31,6 @@ from tests.template.conftest import (
 )
 
 IAM_POLICY_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy")
-
-# The only actions that may name Resource "*": X-Ray has no resource-level permissions for them.
-ACTIONS_WITHOUT_RESOURCE_LEVEL_PERMISSIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
 # The refresher's environment: its contract variables (docs/contracts.md) plus the Powertools ones.
 REFRESHER_ENV = {
@@ -53,7 +53,8 @@ REFRESHER_ENV = {
     },
     "REFRESH_MARGIN_SECONDS": {"Ref": "RefreshMarginSeconds"},
     "POWERTOOLS_SERVICE_NAME": "token-refresher",
-    "POWERTOOLS_METRICS_NAMESPACE": "UsageEngine",
+    # One namespace per stack (two stacks, two connections: test_physical_names.py).
+    "POWERTOOLS_METRICS_NAMESPACE": {"Fn::Sub": "UsageEngine/${AWS::StackName}"},
     "POWERTOOLS_LOGGER_LOG_EVENT": "false",
     "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
     "USAGE_ENGINE_XRAY_SDK": {"Fn::If": ["XRaySdkTracingEnabled", "true", "false"]},
@@ -123,29 +124,17 @@ def test_refresher_role_grants_exactly_the_secret_permissions_it_needs(cfn_resou
     assert not role["Properties"].get("ManagedPolicyArns")
 
 
-def test_no_wildcard_in_any_inline_policy_action_or_resource(cfn_resources):
-    def strings(node: Any) -> list[str]:
-        if isinstance(node, dict):
-            return [s for value in node.values() for s in strings(value)]
-        if isinstance(node, list):
-            return [s for item in node for s in strings(item)]
-        return [node] if isinstance(node, str) else []
+def test_no_wildcard_in_any_policy_action_or_resource(cfn_resources):
+    # X-Ray's two write actions are the only ones that may name Resource "*" (no resource-level permissions).
+    assert resources_of_type(cfn_resources, *IAM_POLICY_TYPES)
+    assert wildcard_problems(cfn_resources) == []
 
-    checked = 0
-    for logical_id, resource in resources_of_type(cfn_resources, *IAM_POLICY_TYPES).items():
-        for document in policy_documents(resource):
-            for statement in statements(document):
-                assert "NotAction" not in statement, logical_id
-                assert "NotResource" not in statement, logical_id
-                actions = strings(statement.get("Action", []))
-                for value in actions:
-                    assert "*" not in value, f"{logical_id}: Action {value!r}"
-                for value in strings(statement.get("Resource", [])):
-                    if value == "*" and set(actions) <= ACTIONS_WITHOUT_RESOURCE_LEVEL_PERMISSIONS:
-                        continue
-                    assert "*" not in value, f"{logical_id}: Resource {value!r} for {actions}"
-                checked += 1
-    assert checked > 0
+
+def test_negative_the_wildcard_check_sees_an_unqualified_grant_on_every_version(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    document = broken["ConsumerPolicy"]["Properties"]["PolicyDocument"]
+    document["Statement"][-1]["Resource"] = {"Fn::Sub": "${TokenRefresherFunction.Arn}:*"}
+    assert wildcard_problems(broken)
 
 
 def test_only_the_refresher_can_reach_the_credentials_secret(cfn_resources, refresher_role_id):
@@ -195,17 +184,15 @@ def test_every_function_runs_python_3_13(cfn_resources):
 
 
 def test_every_function_has_a_log_group_with_retention(cfn_resources):
-    log_groups = resources_of_type(cfn_resources, "AWS::Logs::LogGroup")
-    for logical_id, function in resources_of_type(cfn_resources, "AWS::Lambda::Function").items():
-        configured = function["Properties"].get("LoggingConfig", {}).get("LogGroup")
-        matching = [
-            group
-            for group_id, group in log_groups.items()
-            if group["Properties"].get("LogGroupName") == {"Fn::Sub": f"/aws/lambda/${{{logical_id}}}"}
-            or (configured is not None and references(configured, group_id))
-        ]
-        assert len(matching) == 1, f"{logical_id} needs exactly one log group of its own"
-        assert matching[0]["Properties"].get("RetentionInDays") == {"Ref": "LogRetentionDays"}, logical_id
+    # Of its own, through LoggingConfig: Lambda's default group would keep the logs forever, unencrypted by the
+    # bundle's key. This holds for a consumer added to the template too (test_added_consumer.py).
+    assert log_group_problems(cfn_resources) == []
+
+
+def test_negative_the_log_check_sees_a_function_without_its_own_log_group(cfn_resources):
+    broken = copy.deepcopy(cfn_resources)
+    del broken["MeterQueryFunction"]["Properties"]["LoggingConfig"]
+    assert log_group_problems(broken)
 
 
 def test_refresher_timeout_exceeds_its_whole_retry_budget(refresher):
@@ -287,6 +274,8 @@ def test_schedule_retries_end_before_the_next_run(sam_template, cfn_resources, r
     ]
     assert len(invoke_configs) == 1
     assert invoke_configs[0]["Properties"]["MaximumEventAgeInSeconds"] < interval
+    # The schedule invokes the live alias, so the retry and destination settings are the alias's.
+    assert invoke_configs[0]["Properties"]["Qualifier"] == ALIAS
 
 
 # --- Parameters and outputs -----------------------------------------------------------------------------
