@@ -39,7 +39,7 @@ OFFLINE := AWS_DEFAULT_REGION=$(OFFLINE_REGION)
 REGION_FLAG := $(if $(REGION),--region $(REGION))
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials reliability-doc security bench bench-smoke day clean
+.PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials env-json reliability-doc security bench bench-smoke day clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt
 	rm -rf $(VENV)
@@ -143,6 +143,11 @@ destroy: $(SAM_STAMP)
 set-credentials: venv
 	@test -n "$(FILE)" || { echo "usage: make set-credentials FILE=application-access.json [STACK=$(STACK)]" >&2; exit 2; }
 	PYTHONPATH=layers/usage_engine $(BIN)/python -m tools.set_credentials --file "$(FILE)" --stack "$(STACK)" $(REGION_FLAG)
+
+## env.json for `sam local invoke FUNCTION -e events/... --env-vars env.json`: each function's environment as its
+## live alias runs it in the deployed stack (names and ARNs only). Restore the committed placeholders: git checkout env.json
+env-json: venv
+	$(BIN)/python -m tools.env_json --stack "$(STACK)" $(REGION_FLAG)
 
 ## Rewrite docs/reliability.md from the fault matrix (tests/reliability/matrix.py); `make test` fails while it is stale.
 reliability-doc: venv
