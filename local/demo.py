@@ -25,6 +25,7 @@ import boto3
 import requests
 import time_machine
 
+from local.environment import scoped_environment
 from local.example_stack import run_example
 from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import invoke, load_event, load_module
@@ -365,7 +366,7 @@ def _second_stack(
             "USAGE_ENGINE_TOKEN_URL": us_engine.token_url,
             "USAGE_ENGINE_AUDIENCE": us_engine.audience,
         }
-        with _environment(us_refresher):
+        with scoped_environment(us_refresher):
             refreshed = call("token_refresher", load_event("refresher-scheduled.json"), "the US stack's environment")
         story.say(f"   -> {json.dumps(refreshed)}")
 
@@ -400,21 +401,6 @@ def _second_stack(
             and eu_new == {200: 1}
             and UsageEngineClient.from_env("us").tokens is not UsageEngineClient.from_env().tokens
         )
-
-
-@contextlib.contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """`values` in os.environ for the duration (in-process handlers read the process environment)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _new(before: Mapping[int, int], after: Mapping[int, int]) -> dict[int, int]:

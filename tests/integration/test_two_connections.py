@@ -9,9 +9,7 @@ The consumer's default connection is the EU stack (TOKEN_SECRET_ID, ...), its "u
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -24,6 +22,7 @@ import pytest
 import time_machine
 
 from local import lambda_endpoint
+from local.environment import scoped_environment
 from local.lambda_endpoint import LocalLambdaEndpoint
 from local.lambda_runtime import load_event
 from local.usage_engine_emulator import UsageEngineEmulator
@@ -96,26 +95,12 @@ def own_environment(environments: Mapping[str, Mapping[str, str]], monkeypatch: 
         handler = load(folder).lambda_handler
 
         def run(event: Any, context: Any) -> Any:
-            with lock, _variables(environments.get(context.function_name, {})):
+            with lock, scoped_environment(environments.get(context.function_name, {})):
                 return handler(event, context)
 
         return SimpleNamespace(lambda_handler=run)
 
     monkeypatch.setattr(lambda_endpoint, "load_module", load_with_environment)
-
-
-@contextlib.contextmanager
-def _variables(values: Mapping[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @pytest.fixture
