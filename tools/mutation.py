@@ -153,6 +153,10 @@ def stage_pyproject(only: Sequence[str] | None) -> str:
         # suite leaves process-wide state behind (logging handlers, the layer's per-container objects) that
         # would fail later runs whatever the mutant.
         "process_isolation": "forkserver",
+        # A mutant's tests may take this many times their measured duration (plus 1 s) before it counts as
+        # timed out (mutmut's default, 15, lets each mutant that deadlocks a thread hold a worker for minutes).
+        # The durations are measured with every function traced, so the mutants' runs are faster than that.
+        "timeout_multiplier": 5.0,
     }
     if only:
         mutmut["only_mutate"] = [source.staged for source in sources if source.label in only]

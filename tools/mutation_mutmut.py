@@ -1,13 +1,17 @@
 """`mutmut` as tools/mutation.py runs it (in .venv/mutation, from the staging folder): mutmut's own command
-line, with a mutant's tests handed to the fork server fastest first.
+line, with two changes to its fork server (which the mutation run needs, see tools/mutation.py) that more than
+halve the run's time and change no verdict:
 
-mutmut's plain fork runner sorts a mutant's tests by their measured duration, its fork server (which the
-mutation run needs, see tools/mutation.py) passes them in set order. The tests run with `-x`, so a killed
-mutant costs the tests before the first that fails it: with a 3 s property test anywhere in that order most
-kills would wait for it."""
+- A mutant's tests are handed over fastest first. mutmut's plain fork runner sorts them by their measured
+  duration, its fork server passes them in set order; the tests run with `-x`, so a killed mutant costs the
+  tests before the first that fails it, and a 3 s property test anywhere in that order would be paid by most.
+- The fork server freezes its heap (gc.freeze) once it has collected the tests. pytest ends every run with
+  full garbage collections, which otherwise walk everything the fork server imported: about 0.15 s of every
+  mutant's 0.25 s of pytest overhead on this machine."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 from typing import Any
@@ -24,6 +28,15 @@ def main() -> None:
         submit(self, mutant_name, sorted(tests, key=lambda test: (durations.get(test, 0.0), test)), *args)
 
     isolation.ForkServerRunner.submit = submit_fastest_first
+
+    runner_class = importlib.import_module("mutmut.runners.harness").PytestRunner
+    warm_up = runner_class.warm_up
+
+    def warm_up_then_freeze(self: Any) -> None:
+        warm_up(self)
+        gc.freeze()
+
+    runner_class.warm_up = warm_up_then_freeze
     sys.argv[0] = "mutmut"
     cli()
 

@@ -12,12 +12,15 @@ from typing import Any, cast
 
 import pytest
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.util.timeout import Timeout
 
 from local.usage_engine_emulator import UsageEngineEmulator
 from usage_engine import TokenResponseError, parse_token_response
+from usage_engine import idp as idp_module
 from usage_engine.credentials import ClientCredentials
-from usage_engine.errors import IdpRejectedError, IdpUnavailableError
+from usage_engine.deadline import Deadline, deadline_scope
+from usage_engine.errors import DeadlineExceededError, IdpRejectedError, IdpUnavailableError
 from usage_engine.idp import (
     CONNECT_TIMEOUT_SECONDS,
     MAX_EXPIRES_IN_SECONDS,
@@ -161,6 +164,7 @@ def test_a_body_at_the_cap_is_read_and_one_byte_more_is_refused(idp: UsageEngine
     with pytest.raises(TokenResponseError) as caught:
         fetch(idp)
     assert (caught.value.reason, caught.value.status) == (f"body exceeds {MAX_RESPONSE_BYTES} bytes", 200)
+    assert caught.value.attempts == 1
 
 
 def test_an_unreachable_idp_is_unavailable_after_the_hinted_attempts() -> None:
@@ -354,3 +358,58 @@ def test_scope_defaults_to_empty_and_is_kept_when_given() -> None:
     assert parse_token_response(body(), sent_at=10, audience="a").scope == ""
     assert parse_token_response(body(scope="read"), sent_at=10, audience="a").scope == "read"
     assert parse_token_response(body(token_type="bearer"), sent_at=10, audience="a").token_type == "Bearer"
+
+
+# --- what the exchange measures, and the session it builds -------------------------------------------------
+
+
+class Monotonic:
+    """time.monotonic for the idp module: each call a quarter second later."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        self.now += 0.25
+        return self.now
+
+
+def test_latency_is_the_milliseconds_from_before_the_request_to_after_the_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(idp_module, "time", Monotonic())
+    issued = recorded(RecordingSession()).fetch(CLIENT, token_url="https://idp.example.test/t", audience="a")
+    assert issued.latency_ms == 250.0
+    assert (issued.attempts, issued.token.audience) == (1, "a")
+
+
+def test_no_time_left_for_the_token_request_sends_nothing() -> None:
+    session = RecordingSession()
+    with deadline_scope(Deadline.after(0)), pytest.raises(DeadlineExceededError) as caught:
+        recorded(session).fetch(CLIENT, token_url="https://idp.example.test/t", audience="a")
+    assert caught.value.what == "the token request"
+    assert session.calls == []
+
+
+def test_the_token_request_retry_policy() -> None:
+    retry = token_request_retry()
+    assert (retry.total, retry.connect, retry.read, retry.status) == (MAX_RETRIES,) * 4
+    assert retry.allowed_methods == frozenset({"POST"})
+    assert retry.status_forcelist == frozenset(RETRY_STATUSES)
+    # Half a second before the second retry (urllib3 waits 0 before the first), doubling from there.
+    assert retry.backoff_factor == 0.5
+    assert token_request_retry(max_retries=1, backoff_factor=2.0).total == 1
+    assert token_request_retry(backoff_factor=2.0).backoff_factor == 2.0
+
+
+def test_the_token_session_keeps_one_connection_and_uses_the_given_retry() -> None:
+    retry = token_request_retry(max_retries=1)
+    for scheme in ("https://", "http://"):
+        adapter = token_session(retry).get_adapter(f"{scheme}idp.example.test")
+        assert isinstance(adapter, HTTPAdapter)
+        assert adapter.max_retries is retry
+        assert adapter._pool_maxsize == 1  # type: ignore[attr-defined]
+    default = token_session().get_adapter("https://idp.example.test")
+    assert isinstance(default, HTTPAdapter)
+    assert default.max_retries.total == MAX_RETRIES
+    assert default.max_retries.allowed_methods == frozenset({"POST"})
