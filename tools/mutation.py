@@ -157,6 +157,9 @@ def stage_pyproject(only: Sequence[str] | None) -> str:
         # timed out (mutmut's default, 15, lets each mutant that deadlocks a thread hold a worker for minutes).
         # The durations are measured with every function traced, so the mutants' runs are faster than that.
         "timeout_multiplier": 5.0,
+        # The fork server's log (mutants/mutmut-debug.log) has each mutant's time: what to look at when a run
+        # gets slower.
+        "log_to_file": True,
     }
     if only:
         mutmut["only_mutate"] = [source.staged for source in sources if source.label in only]
@@ -483,23 +486,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = set(args.only) - {source.label for source in measured_sources()}
         if unknown:
             parser.error(f"not a measured module: {', '.join(sorted(unknown))}")
-    digest = source_digest()
-    seconds: float | None = None
-    if not args.render_only:
+    record = STAGE / "run.json"
+    if args.render_only:
+        if not record.exists():
+            parser.error("no mutation run to render: run without --render-only first")
+        run = json.loads(record.read_text(encoding="utf-8"))
+    else:
         started = time.monotonic()
+        digest = source_digest()
         prepare_stage(args.only)
         run_mutmut(args.max_children)
-        seconds = time.monotonic() - started
         if source_digest() != digest:
-            raise SystemExit("the sources changed during the run: run it again")
+            # The doc records what was measured (the sources at the start); the doc's test will call it stale.
+            print("warning: the sources changed during the run: run it again", file=sys.stderr)
+        run = {"digest": digest, "seconds": time.monotonic() - started, "workers": args.max_children}
+        record.write_text(json.dumps(run), encoding="utf-8")
     tallies, survivors = collect(args.only)
     print_table(tallies, survivors)
-    if seconds is not None:
-        print(f"{sum(t.generated for t in tallies)} mutants in {seconds:.0f} s with {args.max_children} workers")
-    if args.only:
+    print(f"{sum(t.generated for t in tallies)} mutants in {run['seconds']:.0f} s with {run['workers']} workers")
+    measured = {source.label for source in measured_sources()}
+    if args.only and set(args.only) != measured:
         return 0
     DOCUMENT.write_text(
-        render(tallies, survivors, digest=digest, seconds=seconds, workers=args.max_children), encoding="utf-8"
+        render(tallies, survivors, digest=run["digest"], seconds=run["seconds"], workers=run["workers"]),
+        encoding="utf-8",
     )
     print(f"wrote {DOCUMENT.relative_to(ROOT)}")
     return 0
