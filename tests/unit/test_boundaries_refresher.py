@@ -3,17 +3,37 @@ Lambda's answer, and the policy's equalities (cooldown, margin, forced interval)
 
 from __future__ import annotations
 
-from typing import Any
+import io
+import json
+from typing import Any, cast
 
 import pytest
+import requests
 from botocore.exceptions import ClientError
 
-from usage_engine import AccessToken, Decision, RefreshRequest, StoredToken, decide
-from usage_engine.errors import SECRET_BINARY_NOT_SUPPORTED, CredentialsError, SecretStoreError
+from usage_engine import (
+    AccessToken,
+    ClientCredentialsExchange,
+    Decision,
+    RefreshFailedError,
+    RefreshRequest,
+    StoredToken,
+    TokenRefresher,
+    TokenStore,
+    decide,
+)
+from usage_engine.errors import (
+    SECRET_BINARY_NOT_SUPPORTED,
+    CredentialsError,
+    CredentialsRejectedError,
+    RefreshRequestError,
+    SecretStoreError,
+)
 from usage_engine.refresher import (
     CredentialsRejection,
     CredentialsSource,
     ForcedAttempt,
+    RefresherMemory,
     RefreshOutcome,
     backoff_seconds,
     forced_refresh_allowed,
@@ -23,8 +43,8 @@ from usage_engine.refresher import (
 )
 from usage_engine.secrets_manager import SecretsManagerSecret
 from usage_engine.settings import RefresherSettings
-from usage_engine.states import DecisionReason, TokenProblem
-from usage_engine.token import MAX_REJECTION_STREAK, NO_RECORD, RefreshRecord
+from usage_engine.states import DecisionReason, RefreshReason, TokenProblem
+from usage_engine.token import MAX_REJECTION_STREAK, NO_RECORD, RefreshRecord, fingerprint
 
 SETTINGS = RefresherSettings(
     credentials_secret_id="usage-engine/credentials",
@@ -256,3 +276,216 @@ def test_the_new_records_reason_streak_and_credentials() -> None:
         forced_interval_seconds=INTERVAL,
     )
     assert missing == RefreshRecord(DecisionReason.REJECTED, 1, None, None)
+
+
+# --- TokenRefresher.run over fakes at the AWS and HTTP boundary ----------------------------------------------
+
+
+class Secrets:
+    """GetSecretValue/PutSecretValue for several secrets; a secret's `fail` code fails every call on it."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, tuple[str, str]] = {}
+        self.fail: dict[str, str] = {}
+        self.reads: list[str] = []
+        self.puts = 0
+
+    def get_secret_value(self, *, SecretId: str, **_: Any) -> dict[str, Any]:  # noqa: N803 - boto3's names
+        self.reads.append(SecretId)
+        if SecretId in self.fail:
+            raise ClientError({"Error": {"Code": self.fail[SecretId], "Message": "x"}}, "GetSecretValue")  # type: ignore[arg-type]
+        if SecretId not in self.values:
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "x"}}, "GetSecretValue")  # type: ignore[arg-type]
+        value, version = self.values[SecretId]
+        return {"SecretString": value, "VersionId": version}
+
+    def put_secret_value(self, *, SecretId: str, SecretString: str, **_: Any) -> dict[str, Any]:  # noqa: N803
+        self.puts += 1
+        version = f"token-v{self.puts}"
+        self.values[SecretId] = (SecretString, version)
+        return {"VersionId": version}
+
+
+class Idp:
+    """The token endpoint as a requests session: records url and form, answers `status`."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.calls: list[tuple[str, dict[str, str]]] = []
+
+    def post(self, url: str, *, data: dict[str, str], **_: Any) -> requests.Response:
+        self.calls.append((url, data))
+        response = requests.Response()
+        response.status_code = self.status
+        response.reason = "x"
+        body: dict[str, Any] = (
+            {"access_token": f"tok.{len(self.calls)}", "token_type": "Bearer", "expires_in": LIFETIME}
+            if self.status == 200
+            else {"error": "invalid_client"}
+        )
+        response.raw = io.BytesIO(json.dumps(body).encode())
+        return response
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = float(NOW)
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, credentials: dict[str, str] | None = None) -> None:
+        self.secrets = Secrets()
+        self.idp = Idp()
+        self.clock = Clock()
+        document = credentials or {"client_id": "app", "client_secret": "s3cr3t-x"}
+        self.secrets.values[SETTINGS.credentials_secret_id] = (json.dumps(document), "cred-v1")
+        exchange = ClientCredentialsExchange(cast(requests.Session, self.idp), clock=self.clock)
+        self.refresher = TokenRefresher(
+            store=TokenStore(SecretsManagerSecret(cast(Any, self.secrets), SETTINGS.token_secret_id)),
+            credentials=CredentialsSource(
+                SecretsManagerSecret(cast(Any, self.secrets), SETTINGS.credentials_secret_id)
+            ),
+            exchange=exchange,
+            settings=SETTINGS,
+            clock=self.clock,
+        )
+
+    def run(self, reason: str = "scheduled", fingerprint: str | None = None) -> RefreshOutcome:
+        return self.refresher.run(RefreshRequest(reason, fingerprint))  # type: ignore[arg-type]
+
+    def fails(self, reason: str = "scheduled", fingerprint: str | None = None) -> RefreshFailedError:
+        with pytest.raises(RefreshFailedError) as caught:
+            self.run(reason, fingerprint)
+        return caught.value
+
+
+def test_a_refresh_reports_everything_it_did() -> None:
+    harness = Harness()
+    outcome = harness.run()
+    assert outcome == RefreshOutcome(
+        refreshed=True,
+        reason=DecisionReason.MISSING,
+        expires_at=NOW + LIFETIME,
+        seconds_remaining=LIFETIME,
+        token_fingerprint=fingerprint("tok.1"),
+        idp_latency_ms=outcome.idp_latency_ms,
+        idp_attempts=1,
+        version_id="token-v1",
+    )
+    assert outcome.idp_latency_ms is not None
+    assert outcome.idp_latency_ms >= 0
+    harness.clock.now += 100
+    again = harness.run()
+    assert again == RefreshOutcome(False, DecisionReason.FRESH, NOW + LIFETIME, LIFETIME - 100, fingerprint("tok.1"))
+
+
+def test_a_run_that_does_not_refresh_reads_no_credentials() -> None:
+    harness = Harness()
+    harness.run()
+    harness.secrets.reads.clear()
+    assert not harness.run().refreshed
+    assert harness.secrets.reads == [SETTINGS.token_secret_id]
+
+
+def test_the_settings_url_and_audience_unless_the_credentials_name_their_own() -> None:
+    harness = Harness()
+    harness.run()
+    assert harness.idp.calls[0][0] == SETTINGS.token_url
+    assert harness.idp.calls[0][1]["audience"] == SETTINGS.audience
+    own = Harness(
+        {
+            "client_id": "a",
+            "client_secret": "s3cr3t-y",
+            "token_url": "https://own.example/t",
+            "audience": "https://own/",
+        }
+    )
+    own.run()
+    assert own.idp.calls[0][0] == "https://own.example/t"
+    assert own.idp.calls[0][1]["audience"] == "https://own/"
+
+
+def test_a_failure_before_any_decision_carries_the_requests_reason() -> None:
+    harness = Harness()
+    harness.secrets.fail[SETTINGS.token_secret_id] = "AccessDeniedException"
+    error = harness.fails("expired")
+    assert (error.reason, error.stored_seconds_remaining) == ("expired", None)
+    assert isinstance(error.cause, SecretStoreError)
+
+
+def test_a_failed_refresh_carries_the_decision_and_the_stored_tokens_time_left() -> None:
+    harness = Harness()
+    harness.run()
+    harness.clock.now += LIFETIME - MARGIN + 10
+    harness.idp.status = 503
+    error = harness.fails()
+    assert (error.reason, error.stored_seconds_remaining) == ("expiring", MARGIN - 10)
+
+
+def test_a_remembered_rejection_holds_scheduled_runs_for_exactly_its_backoff() -> None:
+    harness = Harness()
+    harness.idp.status = 401
+    harness.fails()
+    harness.clock.now += 10
+    held = harness.fails()
+    assert isinstance(held.cause, CredentialsRejectedError)
+    assert (held.cause.credentials_version, held.cause.count, held.cause.status) == ("cred-v1", 1, 401)
+    assert "last 10 s ago" in str(held.cause)
+    assert f"next scheduled retry in {BASE - 10} s" in str(held.cause)
+    assert len(harness.idp.calls) == 1
+    on_demand = harness.fails("expired")
+    assert "on-demand runs do not retry" in str(on_demand.cause)
+    harness.clock.now = NOW + BASE
+    harness.fails()
+    assert len(harness.idp.calls) == 2
+    assert harness.refresher.memory.credentials_rejection is not None
+    assert harness.refresher.memory.credentials_rejection.count == 2
+
+
+def test_new_credentials_start_the_rejection_count_afresh() -> None:
+    harness = Harness()
+    harness.idp.status = 401
+    harness.fails()
+    harness.secrets.values[SETTINGS.credentials_secret_id] = (
+        json.dumps({"client_id": "b", "client_secret": "s3cr3t-z"}),
+        "cred-v2",
+    )
+    harness.fails()
+    rejection = harness.refresher.memory.credentials_rejection
+    assert rejection is not None
+    assert (rejection.credentials_version, rejection.count) == ("cred-v2", 1)
+    harness.idp.status = 200
+    harness.clock.now += 1
+    assert harness.run("forced").refreshed
+    assert harness.refresher.memory.credentials_rejection is None
+
+
+def test_a_refresher_built_by_hand_remembers_for_its_lifetime() -> None:
+    harness = Harness()
+    assert harness.refresher.memory == RefresherMemory()
+    harness.run("forced")
+    assert harness.refresher.memory.forced_attempt == ForcedAttempt(NOW, "cred-v1")
+
+
+def test_the_decision_without_a_cooldown_honours_any_rejection() -> None:
+    record = RefreshRecord(DecisionReason.REJECTED, rejection_streak=5)
+    stored = token(0, record)
+    request = RefreshRequest("rejected", stored.fingerprint)  # type: ignore[arg-type]
+    assert decide(stored, request, now=NOW, margin_seconds=MARGIN) == Decision(True, DecisionReason.REJECTED)
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        ([], "the event must be a JSON object"),
+        ({"reason": "sometimes"}, f"reason must be one of {', '.join(RefreshReason)}"),
+        ({"reason": "rejected"}, "reason 'rejected' needs token_fingerprint (16 lowercase hex)"),
+    ],
+)
+def test_a_bad_event_says_what_is_wrong(event: object, message: str) -> None:
+    with pytest.raises(RefreshRequestError) as caught:
+        RefreshRequest.from_event(event)
+    assert str(caught.value).endswith(message)
