@@ -293,9 +293,9 @@ class Secrets:
     def get_secret_value(self, *, SecretId: str, **_: Any) -> dict[str, Any]:  # noqa: N803 - boto3's names
         self.reads.append(SecretId)
         if SecretId in self.fail:
-            raise ClientError({"Error": {"Code": self.fail[SecretId], "Message": "x"}}, "GetSecretValue")  # type: ignore[arg-type]
+            raise ClientError({"Error": {"Code": self.fail[SecretId], "Message": "x"}}, "GetSecretValue")
         if SecretId not in self.values:
-            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "x"}}, "GetSecretValue")  # type: ignore[arg-type]
+            raise ClientError({"Error": {"Code": "ResourceNotFoundException", "Message": "x"}}, "GetSecretValue")
         value, version = self.values[SecretId]
         return {"SecretString": value, "VersionId": version}
 
