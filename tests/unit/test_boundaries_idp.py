@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -190,8 +191,11 @@ def test_the_default_attempts_hint_is_the_retry_budget() -> None:
 class RecordingSession:
     """requests.Session.post as the exchange uses it: records the call, answers `body` with `status`."""
 
-    def __init__(self, status: int = 200, body: bytes | None = None, *, fail_reading: bool = False) -> None:
+    def __init__(
+        self, status: int = 200, body: bytes | None = None, *, fail_reading: bool = False, retried: int = 0
+    ) -> None:
         self.status = status
+        self.retried = retried
         self.body = (
             body
             if body is not None
@@ -207,7 +211,7 @@ class RecordingSession:
         response.status_code = self.status
         response.reason = "Teapot"
         response.url = url
-        response.raw = _Raw(self.body, self.fail_reading)
+        response.raw = _Raw(self.body, self.fail_reading, self.retried)
         original_close = response.close
 
         def close() -> None:
@@ -219,9 +223,11 @@ class RecordingSession:
 
 
 class _Raw(io.BytesIO):
-    def __init__(self, body: bytes, fail: bool) -> None:
+    def __init__(self, body: bytes, fail: bool, retried: int = 0) -> None:
         super().__init__(body)
         self._fail = fail
+        # What urllib3's response carries: the Retry whose history lists the attempts before this one.
+        self.retries = SimpleNamespace(history=(None,) * retried)
 
     def read(self, *args: Any, **kwargs: Any) -> bytes:
         if self._fail:
@@ -413,3 +419,18 @@ def test_the_token_session_keeps_one_connection_and_uses_the_given_retry() -> No
     assert isinstance(default, HTTPAdapter)
     assert default.max_retries.total == MAX_RETRIES
     assert default.max_retries.allowed_methods == frozenset({"POST"})
+
+
+def test_a_body_problem_after_retries_counts_every_attempt() -> None:
+    failing = RecordingSession(fail_reading=True, retried=2)
+    with pytest.raises(IdpUnavailableError) as unreadable:
+        recorded(failing).fetch(CLIENT, token_url="https://idp.example.test/t", audience="a")
+    assert unreadable.value.attempts == 3
+    oversized = RecordingSession(body=b" " * (MAX_RESPONSE_BYTES + 1), retried=1)
+    with pytest.raises(TokenResponseError) as too_big:
+        recorded(oversized).fetch(CLIENT, token_url="https://idp.example.test/t", audience="a")
+    assert too_big.value.attempts == 2
+    rejected = RecordingSession(status=401, body=b"{}", retried=3)
+    with pytest.raises(IdpRejectedError) as caught:
+        recorded(rejected).fetch(CLIENT, token_url="https://idp.example.test/t", audience="a")
+    assert caught.value.attempts == 4

@@ -220,3 +220,11 @@ def test_a_bound_client_needs_at_least_its_minimum_time() -> None:
     assert caught.value.what == "PutSecretValue on t"
     with deadline_scope(Deadline(clock() + MIN_ATTEMPT_SECONDS, clock)):
         assert clients.for_now("x") == f"client within {MIN_ATTEMPT_SECONDS}"
+
+
+def test_an_exhausted_retry_names_the_pool_and_the_url() -> None:
+    retry = bounded_retry(max_retries=0, methods={"GET"}, statuses={503})
+    pool = object()
+    with pytest.raises(MaxRetryError) as caught:
+        retry.increment("GET", "/x", response=_Response(503), _pool=pool)  # type: ignore[arg-type]
+    assert (caught.value.pool, caught.value.url) == (pool, "/x")
