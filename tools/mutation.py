@@ -313,9 +313,11 @@ def load_annotations(path: Path = ANNOTATIONS) -> list[Annotation]:
     if not path.exists():
         return []
     entries = tomllib.loads(path.read_text(encoding="utf-8")).get("equivalent", [])
+    # `mutant` is one mutated text or a list of them (several mutants of one line, one reason).
     return [
-        Annotation(entry["module"], _squash(entry["original"]), _squash(entry["mutant"]), entry["reason"])
+        Annotation(entry["module"], _squash(entry["original"]), _squash(mutant), entry["reason"])
         for entry in entries
+        for mutant in ([entry["mutant"]] if isinstance(entry["mutant"], str) else entry["mutant"])
     ]
 
 
