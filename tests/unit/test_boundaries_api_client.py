@@ -31,7 +31,7 @@ from usage_engine.api_client import (
     api_session,
 )
 from usage_engine.deadline import Deadline
-from usage_engine.errors import DeadlineExceededError, TokenRejectedError
+from usage_engine.errors import DeadlineExceededError
 from usage_engine.recovery import BUSY_ATTEMPTS
 from usage_engine.secrets_manager import SecretsManagerSecret
 from usage_engine.states import RefreshResult
@@ -274,7 +274,3 @@ def test_json_of_an_error_body_is_never_echoed_when_it_is_not_a_sentence() -> No
     with pytest.raises(UsageEngineApiError) as caught:
         client(Session(Answer(500, body, "Server Error"))).request("GET", "/m")
     assert caught.value.reason == "Server Error"
-
-
-def test_token_rejected_error_is_what_heals_into_an_authentication_error() -> None:
-    assert issubclass(TokenRejectedError, Exception)
