@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
-from usage_engine import Components
+from usage_engine import ClientCredentialsExchange, Components, ConsumerSettings, RefresherSettings
 from usage_engine.aws_clients import (
     DYNAMODB_CONFIG,
     DYNAMODB_FULL_WAIT_SECONDS,
     LAMBDA_CONFIG,
+    LAMBDA_FULL_WAIT_SECONDS,
     SECRETS_MANAGER_CONFIG,
+    SECRETS_MANAGER_FULL_WAIT_SECONDS,
     SQS_CONFIG,
     bounded_config,
     bounded_lambda_config,
@@ -120,3 +122,99 @@ def test_the_state_table_uses_the_containers_dynamodb_clock_sleep_and_bounded_cl
     assert table._clients._within is not None
     assert table._clients._within(9.5) is components.dynamodb_within(9)
     assert table._clients._full_wait == DYNAMODB_FULL_WAIT_SECONDS
+
+
+# --- what each part is built with --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keyword", "method"),
+    [
+        ("secrets_manager", "secrets_manager"),
+        ("lambda_client", "lambda_client"),
+        ("sqs", "sqs"),
+        ("dynamodb", "dynamodb"),
+    ],
+)
+def test_an_injected_client_is_the_one_used(keyword: str, method: str) -> None:
+    injected = object()
+    assert getattr(Components(**{keyword: injected}), method)() is injected  # type: ignore[arg-type]
+
+
+def test_the_secrets_manager_and_lambda_clients_are_made_once() -> None:
+    components = Components()
+    assert components.secrets_manager() is components.secrets_manager()
+    assert components.secrets_manager().meta.service_model.service_name == "secretsmanager"
+    assert components.lambda_client() is components.lambda_client()
+    assert components.lambda_client().meta.service_model.service_name == "lambda"
+    assert components.botocore_session() is components.botocore_session()
+
+
+def test_a_secret_falls_back_to_a_bounded_client_near_the_deadline() -> None:
+    components = Components()
+    secret = components.secret("usage-engine/token")
+    assert secret.secret_id == "usage-engine/token"
+    assert secret._clients.client is components.secrets_manager()
+    assert secret._clients._full_wait == SECRETS_MANAGER_FULL_WAIT_SECONDS
+    assert secret._clients._within is not None
+    assert secret._clients._within(12.0) is components.secrets_manager_within(12)
+
+
+def test_the_refresh_requester_falls_back_to_a_bounded_client_near_the_deadline() -> None:
+    components = Components()
+    requester = components.refresh_requester("token-refresher")
+    assert requester.function_name == "token-refresher"
+    assert requester._clients.client is components.lambda_client()
+    assert requester._clients._full_wait == LAMBDA_FULL_WAIT_SECONDS
+    assert requester._clients._within is not None
+    assert requester._clients._within(12.0) is components.lambda_client_within(12)
+
+
+def test_the_exchange_is_made_once_on_the_containers_clock() -> None:
+    clock = lambda: 123.0  # noqa: E731
+    components = Components(clock=clock)
+    exchange = components.exchange()
+    assert isinstance(exchange, ClientCredentialsExchange)
+    assert exchange is components.exchange()
+    assert exchange._clock is clock
+
+
+def test_each_pair_of_secrets_has_its_own_refresher_memory() -> None:
+    components = Components(secrets_manager=object(), exchange=object())  # type: ignore[arg-type]
+    first = RefresherSettings(credentials_secret_id="c1", token_secret_id="t1")
+    second = RefresherSettings(credentials_secret_id="c2", token_secret_id="t2")
+    assert components.refresher(first).memory is components.refresher(first).memory
+    assert components.refresher(first).memory is not components.refresher(second).memory
+
+
+def test_a_provider_per_token_secret_with_the_settings_skew() -> None:
+    components = Components(secrets_manager=object())  # type: ignore[arg-type]
+    settings = ConsumerSettings(token_secret_id="t", token_expiry_skew_seconds=5)
+    provider = components.provider(settings)
+    assert provider is components.provider(
+        ConsumerSettings(token_secret_id="t", api_url="https://other.example", token_expiry_skew_seconds=5)
+    )
+    assert provider._skew == 5
+    assert provider._clock is components.clock
+
+
+def test_a_client_gets_the_options_meant_for_its_recovery() -> None:
+    slept: list[float] = []
+    options = {"sleep": slept.append, "clock": lambda: 9.0, "busy_attempts": 2, "timeout": (1.0, 2.0)}
+    components = Components(secrets_manager=object(), lambda_client=object(), client_options=options)  # type: ignore[arg-type]
+    settings = ConsumerSettings(
+        token_secret_id="t", api_url="https://api.example", refresher_function="token-refresher"
+    )
+    client = components.client(settings)
+    assert client is components.client(settings)
+    recovery = client.recovery
+    recovery._sleep(0.5)
+    assert slept == [0.5]
+    assert recovery._clock() == 9.0
+    assert recovery._busy_attempts == 2
+    assert recovery._refresher is not None
+    assert client._timeout == (1.0, 2.0)
+    plain = Components(secrets_manager=object())  # type: ignore[arg-type]
+    without = plain.client(ConsumerSettings(token_secret_id="t", api_url="https://api.example"))
+    assert without.recovery._refresher is None
+    assert without.recovery._sleep is plain.sleep
