@@ -5,6 +5,7 @@ refresher's debug facts, and what an unreadable token secret is reported as."""
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, cast
 
@@ -223,3 +224,44 @@ def test_an_unreadable_token_secret_is_reported_with_what_is_wrong() -> None:
         TokenProblem.UNREADABLE,
         "token secret: (document): is not valid JSON",
     )
+
+
+# --- parts only the refresher's tooling and handler use ---------------------------------------------------------
+
+
+def test_the_canonical_credentials_document_has_optional_keys_only_when_set() -> None:
+    from usage_engine.credentials import ClientCredentials, encode_credentials
+
+    assert json.loads(encode_credentials(ClientCredentials("id-1", "s3cr3t-q"))) == {
+        "client_id": "id-1",
+        "client_secret": "s3cr3t-q",
+    }
+    full = ClientCredentials("id-1", "s3cr3t-q", audience="https://aud/", token_url="https://idp/t")
+    assert json.loads(encode_credentials(full)) == {
+        "client_id": "id-1",
+        "client_secret": "s3cr3t-q",
+        "audience": "https://aud/",
+        "token_url": "https://idp/t",
+    }
+    assert parse_credentials(encode_credentials(full)) == full
+
+
+def test_the_refresher_from_settings_and_from_the_environment_is_the_containers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from usage_engine import RefresherSettings, TokenRefresher, components, reset_components
+
+    settings = RefresherSettings(credentials_secret_id="c", token_secret_id="t")
+    clock = lambda: 5.0  # noqa: E731
+    try:
+        reset_components(secrets_manager=object(), exchange=object())
+        refresher = TokenRefresher.from_settings(settings, clock=clock)
+        assert (refresher._settings, refresher._clock) == (settings, clock)
+        assert refresher.memory is components().refresher(settings).memory
+        monkeypatch.setenv("CREDENTIALS_SECRET_ID", "c")
+        monkeypatch.setenv("TOKEN_SECRET_ID", "t")
+        from_env = components().refresher_from_env()
+        assert from_env._settings == RefresherSettings.from_env()
+        assert from_env.memory is refresher.memory
+    finally:
+        reset_components()
