@@ -92,6 +92,49 @@ def test_every_layer_error_has_its_http_answer(
     assert answer(meter_query._map_error(error)) == expected
 
 
+def logged(caplog: pytest.LogCaptureFixture, module: ModuleType, *facts: str) -> dict[str, Any]:
+    """The one record the handler's logger wrote: level, message and the named extra fields."""
+    (record,) = [r for r in caplog.records if r.name == module.logger.name]
+    caplog.clear()
+    return {"level": record.levelname, "message": record.getMessage(), **{k: getattr(record, k) for k in facts}}
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (DeadlineExceededError("GET /m"), {"level": "WARNING", "message": "Out of time"}),
+        (
+            RefreshHoldOffError("held", retry_after_seconds=1),
+            {"level": "WARNING", "message": "No Usage Engine token (holding off)"},
+        ),
+        (
+            AuthenticationError("GET", "/m", 401, "x"),
+            {"level": "ERROR", "message": "Usage Engine rejected fresh tokens"},
+        ),
+        (
+            UsageEngineApiError("GET", "/m", 500, "boom"),
+            {"level": "WARNING", "message": "Usage Engine API error", "status": 500},
+        ),
+        (TokenUnavailableError("missing"), {"level": "ERROR", "message": "No Usage Engine token"}),
+        (
+            SecretStoreError("GetSecretValue", "t", "ThrottlingException"),
+            {"level": "WARNING", "message": "Secrets Manager unavailable"},
+        ),
+        (
+            ConfigurationError("X", "is required but not set"),
+            {"level": "ERROR", "message": "Meter query failed", "error_type": "ConfigurationError"},
+        ),
+    ],
+)
+def test_every_mapped_error_is_logged_once_with_what_happened(
+    meter_query: ModuleType, caplog: pytest.LogCaptureFixture, error: Exception, line: dict[str, Any]
+) -> None:
+    caplog.clear()
+    meter_query._map_error(error)
+    facts = [key for key in line if key not in ("level", "message")]
+    assert logged(caplog, meter_query, "error", *facts) == {**line, "error": str(error)}
+
+
 class Meters:
     base_url = "https://api.example.test"
 
@@ -167,6 +210,33 @@ def test_each_outcome_counts_one_metric(meter_events: ModuleType, outcome: Messa
     meter_events.metrics.clear_metrics()
     meter_events._record(outcome, "msg-1")
     assert recorded(meter_events) == {metric: ("Count", [1.0])}
+
+
+@pytest.mark.parametrize(
+    ("outcome", "line"),
+    [
+        (
+            MessageOutcome(MessageAction.DEAD_LETTERED, reason="bad"),
+            {"level": "ERROR", "message": "Meter event dead-lettered", "reason": "bad"},
+        ),
+        (
+            MessageOutcome(MessageAction.SUPERSEDED, meter_id="m-1"),
+            {"level": "INFO", "message": "Meter event superseded", "meter_id": "m-1"},
+        ),
+        (
+            MessageOutcome(MessageAction.CREATED, meter_id="m-1"),
+            {"level": "INFO", "message": "Meter event applied", "action": "created", "meter_id": "m-1"},
+        ),
+    ],
+)
+def test_each_outcome_is_logged_with_its_message_id(
+    meter_events: ModuleType, caplog: pytest.LogCaptureFixture, outcome: MessageOutcome, line: dict[str, Any]
+) -> None:
+    caplog.clear()
+    meter_events._record(outcome, "msg-1")
+    meter_events.metrics.clear_metrics()
+    facts = [key for key in line if key not in ("level", "message")]
+    assert logged(caplog, meter_events, "message_id", *facts) == {**line, "message_id": "msg-1"}
 
 
 @pytest.fixture(scope="module")

@@ -355,3 +355,20 @@ def test_update_meter_needs_a_change() -> None:
     with pytest.raises(ValueError, match=r"^update_meter needs value and/or reset_at$"):
         UsageMeteringApi(api).update_meter("m-1")  # type: ignore[arg-type]
     assert api.calls == []
+
+
+def test_a_retryable_failure_that_is_not_the_apis_is_retried_with_its_own_message() -> None:
+    from usage_engine.errors import TokenUnavailableError
+
+    error = TokenUnavailableError("token secret t is missing")
+    subject, _, _ = handler(Api(error))
+    with pytest.raises(RetryableMessageError) as caught:
+        subject.handle(event_body("Delete Meter", KEY), "msg-1")
+    assert str(caught.value) == str(error)
+    assert caught.value.__cause__ is error
+
+
+def test_a_meter_list_of_another_shape_names_the_meters_path() -> None:
+    with pytest.raises(UsageEngineApiError) as caught:
+        UsageMeteringApi(Api({"items": []})).list_meters()  # type: ignore[arg-type]
+    assert (caught.value.path, caught.value.reason) == (METERS_PATH, "the answer has no list 'meters'")

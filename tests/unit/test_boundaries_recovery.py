@@ -388,3 +388,15 @@ def test_a_requester_may_answer_with_a_bare_result() -> None:
     clock = Clock()
     provider = TokenProvider(TokenStore(SecretsManagerSecret(Secrets(None, token("t")), "token")), clock=clock)  # type: ignore[arg-type]
     assert TokenRecovery(provider, Bare(), sleep=clock.sleep, clock=clock).usable_token().value == "t"
+
+
+def test_a_call_refused_while_holding_off_is_logged_with_the_time_left(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    subject = make(Secrets(None), Refresher(SKIPPED), clock)
+    subject._hold_off_until = 0.4444
+    with caplog.at_level(logging.WARNING, logger="usage_engine.recovery"), pytest.raises(RefreshHoldOffError):
+        subject.usable_token()
+    (record,) = [
+        r for r in caplog.records if r.getMessage() == "Holding off on-demand refreshes: no token for this call"
+    ]
+    assert (record.reason, record.retry_after_seconds) == ("expired", 0.4)  # type: ignore[attr-defined]
