@@ -446,7 +446,8 @@ def render(
     out += [
         "## Survivors",
         "",
-        "Each with why it changes no observable behaviour (tools/mutation_equivalent.toml), or **unexplained**.",
+        "Each with why it changes no observable behaviour (tools/mutation_equivalent.toml); one without a reason",
+        "is marked unexplained and fails the target.",
         "",
     ]
     if not survivors:
@@ -464,7 +465,8 @@ def render(
 
 
 def _code(text: str) -> str:
-    return text.replace("`", "'").replace("|", "\\|") or "(nothing)"
+    # A list item, not a table cell: a "|" needs no escape (and a backslash would show in the code span).
+    return text.replace("`", "'") or "(nothing)"
 
 
 def print_table(tallies: Sequence[Tally], survivors: Sequence[Survivor]) -> None:

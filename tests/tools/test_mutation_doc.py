@@ -48,7 +48,7 @@ def test_the_layer_and_each_core_module_reach_the_target() -> None:
 
 def test_every_survivor_is_explained() -> None:
     text = document()
-    assert "**unexplained**" not in text
+    assert ": **unexplained**" not in text
     assert "**Target met**" in text
 
 
@@ -81,7 +81,7 @@ def test_an_unexplained_survivor_fails_the_target() -> None:
     tally = mutation.Tally("token", handler=False, counts={mutation.KILLED: 99, mutation.SURVIVED: 1})
     survivor = mutation.Survivor("token", "k", mutation.SURVIVED, "f", 3, "a < b", "a <= b", reason=None)
     rendered = mutation.render([tally], [survivor], digest="0" * 64, seconds=None, workers=2)
-    assert "**unexplained**" in rendered
+    assert ": **unexplained**" in rendered
     assert "**Target not met**" in rendered
 
 
