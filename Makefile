@@ -39,7 +39,7 @@ OFFLINE := AWS_DEFAULT_REGION=$(OFFLINE_REGION)
 REGION_FLAG := $(if $(REGION),--region $(REGION))
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials env-json reliability-doc security bench bench-smoke day clean
+.PHONY: venv sam-venv demo test unit lint typecheck template-check checkov pytest build build-all deploy logs destroy set-credentials env-json mutation reliability-doc security bench bench-smoke day clean
 
 $(STAMP): requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt
 	rm -rf $(VENV)
@@ -148,6 +148,21 @@ set-credentials: venv
 ## live alias runs it in the deployed stack (names and ARNs only). Restore the committed placeholders: git checkout env.json
 env-json: venv
 	$(BIN)/python -m tools.env_json --stack "$(STACK)" $(REGION_FLAG)
+
+MUTATION_VENV := $(VENV)/mutation
+MUTATION_STAMP := $(MUTATION_VENV)/.installed-$(shell cat requirements-mutation.txt requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt | sha256sum | cut -c1-12)
+
+$(MUTATION_STAMP): requirements-mutation.txt requirements-dev.txt layers/usage_engine/requirements.txt layers/usage_engine/requirements-xray-sdk.txt | $(STAMP)
+	rm -rf $(MUTATION_VENV)
+	$(PYTHON) -m venv $(MUTATION_VENV)
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(MUTATION_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-mutation.txt
+	touch $@
+
+## Mutation testing of the layer and the three handlers against the fast tiers (mutmut; about 15 minutes on
+## 2 cores, not part of make test): rewrites docs/mutation.md, whose source hash tests/tools/test_mutation_doc.py checks.
+mutation: $(MUTATION_STAMP)
+	$(OFFLINE) $(MUTATION_VENV)/bin/python -m tools.mutation
 
 ## Rewrite docs/reliability.md from the fault matrix (tests/reliability/matrix.py); `make test` fails while it is stale.
 reliability-doc: venv

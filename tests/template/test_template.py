@@ -29,6 +29,8 @@ from tests.template.conftest import (
     resources_of_type,
     statements,
 )
+from usage_engine.idp import CONNECT_TIMEOUT_SECONDS, MAX_RETRIES, READ_TIMEOUT_SECONDS
+from usage_engine.retrying_http import CappedRetry
 
 IAM_POLICY_TYPES = ("AWS::IAM::Role", "AWS::IAM::Policy", "AWS::IAM::ManagedPolicy", "AWS::IAM::RolePolicy")
 
@@ -62,10 +64,12 @@ REFRESHER_ENV = {
 
 # The refresher's retry budget towards the IdP (usage_engine.idp): attempts x (connect + read timeout),
 # plus the waits between attempts (exponential backoff up to ~8 s, Retry-After capped at 10 s).
-IDP_ATTEMPTS = 4
-IDP_CONNECT_TIMEOUT_S = 3.05
-IDP_READ_TIMEOUT_S = 10.0
-IDP_MAX_WAIT_S = 10.0
+# Read from the code, so the template's timeouts are checked against what the layer really does.
+IDP_ATTEMPTS = MAX_RETRIES + 1
+IDP_CONNECT_TIMEOUT_S = CONNECT_TIMEOUT_SECONDS
+IDP_READ_TIMEOUT_S = READ_TIMEOUT_SECONDS
+# The longest wait between attempts: a capped Retry-After or the capped backoff.
+IDP_MAX_WAIT_S = max(CappedRetry.MAX_RETRY_AFTER_SECONDS, CappedRetry.MAX_BACKOFF_SECONDS)
 
 TOKEN_LIFETIME_S = 3600
 MIN_ATTEMPTS_BEFORE_EXPIRY = 3
