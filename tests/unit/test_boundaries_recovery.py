@@ -85,6 +85,18 @@ def make(secrets: Secrets, refresher: Refresher | None, clock: Clock) -> TokenRe
     return TokenRecovery(provider, refresher, sleep=clock.sleep, clock=clock)
 
 
+def past_a_hold_off() -> tuple[Clock, Refresher, Secrets, TokenRecovery]:
+    """A recovery whose one on-demand refresh failed, at the moment its hold-off window ends."""
+    clock = Clock()
+    refresher = Refresher(RefreshUnavailableError("down"))
+    secrets = Secrets(None)
+    subject = make(secrets, refresher, clock)
+    with pytest.raises(RefreshUnavailableError):
+        subject.usable_token()
+    clock.now += REFRESH_HOLD_OFF_SECONDS
+    return clock, refresher, secrets, subject
+
+
 # --- the busy loop ---------------------------------------------------------------------------------------------
 
 
@@ -169,13 +181,7 @@ def test_the_hold_off_window_doubles_with_each_failure_up_to_its_cap_and_a_succe
 
 @pytest.mark.usefixtures("high")
 def test_a_successful_refresh_resets_the_window_too() -> None:
-    clock = Clock()
-    refresher = Refresher(RefreshUnavailableError("down"))
-    secrets = Secrets(None)
-    subject = make(secrets, refresher, clock)
-    with pytest.raises(RefreshUnavailableError):
-        subject.usable_token()
-    clock.now += REFRESH_HOLD_OFF_SECONDS
+    clock, refresher, secrets, subject = past_a_hold_off()
     refresher.answers = [RefreshAnswer(RefreshResult.REFRESHED, token("fresh").fingerprint)]
     secrets.values = [None, token("fresh", expires_at=int(clock.now) + 5)]
     assert subject.usable_token().value == "fresh"
@@ -220,12 +226,7 @@ def test_while_holding_off_a_cached_token_serves_expiry_but_not_a_rejection() ->
 
 @pytest.mark.usefixtures("high")
 def test_a_probe_after_a_hold_off_that_finds_the_refresher_busy_gives_up_at_once() -> None:
-    clock = Clock()
-    refresher = Refresher(RefreshUnavailableError("down"))
-    subject = make(Secrets(None), refresher, clock)
-    with pytest.raises(RefreshUnavailableError):
-        subject.usable_token()
-    clock.now += REFRESH_HOLD_OFF_SECONDS
+    _clock, refresher, _, subject = past_a_hold_off()
     refresher.answers = [BUSY]
     with pytest.raises(TokenUnavailableError) as caught:
         subject.usable_token()
@@ -235,13 +236,7 @@ def test_a_probe_after_a_hold_off_that_finds_the_refresher_busy_gives_up_at_once
 
 @pytest.mark.usefixtures("high")
 def test_a_probe_after_a_hold_off_reads_the_token_a_skipped_refresh_left() -> None:
-    clock = Clock()
-    refresher = Refresher(RefreshUnavailableError("down"))
-    secrets = Secrets(None)
-    subject = make(secrets, refresher, clock)
-    with pytest.raises(RefreshUnavailableError):
-        subject.usable_token()
-    clock.now += REFRESH_HOLD_OFF_SECONDS
+    _clock, refresher, secrets, subject = past_a_hold_off()
     refresher.answers = [SKIPPED]
     secrets.values = [None, token("scheduled")]
     assert subject.usable_token().value == "scheduled"
